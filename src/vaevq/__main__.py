@@ -1,0 +1,3 @@
+from vaevq.cli.main import main
+
+raise SystemExit(main())

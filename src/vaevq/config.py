@@ -1,0 +1,313 @@
+"""Typed configuration tree: dataclasses loaded from YAML, with ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors that name the key and the source.
+Presets are YAML files shipped inside the package (``vaevq/configs/NAME.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and where it came from."""
+
+
+@dataclass
+class LossConfig:
+    rec: str = "l2"  # l2 | l1: pixel loss on both decoding paths
+    rec_paths: str = "sum"  # sum (paper eq. 4) | mean (released code averages the two paths)
+    rcs_weight: float = 1.0
+    rcs_form: str = "paper"  # paper: sigma detached, sum over d | released: not detached, mean
+    dcr_weight: float = 0.1
+    kl_weight: float = 1e-6
+    commitment_beta: float = 0.25  # only for the plain `vq` quantizer
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = 3
+    resolution: int = 256  # used to place attention layers (attn_resolutions)
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.0
+    z_channels: int = 256
+    latent_dim: int = 64
+    codebook_size: int = 16384
+    quantizer: str = "vlq"  # see vaevq.quantizers.QUANTIZERS
+    codebook_projection: bool = False  # SimVQ-style Linear(d, d) on the codebook (released code)
+    quantize: str = "sample"  # sample (paper: z_c) | mean (released code: mu_c)
+    estimator: str = "straight-through"  # straight-through | released
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+    search_block: int = 1024  # codes per block of the nearest-code search
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # builtin | imagefolder (set automatically when root is given)
+    root: str | None = None  # a folder of images; ImageNet layout (train/, val/) is recognised
+    resolution: int = 256
+    random_crop: bool = False
+    random_flip: bool = False
+    eval_fraction: float = 0.05  # held out when root has no train/ and val/ folders
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    epochs: int = 0  # when > 0, steps = epochs * (train images // global batch)
+    batch_size: int = 16  # per process
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0  # 0 disables
+    ema_decay: float = 0.0  # 0 disables weight EMA
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    image_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 500
+    best_metric: str = "psnr"  # higher is better
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    max_images: int = 0  # 0: the whole evaluation split
+    grid_images: int = 8
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+# ---------------------------------------------------------------- conversion helpers
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {key} must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key} has an unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'the top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{source}: unknown key {where}{unknown[0]} (known keys under "
+            f"{prefix or 'the top level'}: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key, source)
+        else:
+            kwargs[name] = _coerce(value, tp, key, source)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    return _build(Config, data, "", source)
+
+
+# ---------------------------------------------------------------- presets and loading
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("vaevq") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(path: Path | Any, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.steps=10", "model.ch_mult=[1,2]"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(preset_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a preset by name or a YAML file by path, then apply ``key=value`` overrides."""
+    name = str(preset_or_path)
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        source = str(path)
+        data = _read_yaml(path, source)
+    else:
+        if name not in preset_names():
+            raise ConfigError(
+                f"unknown preset {name!r} and no such file; presets: {', '.join(preset_names())}"
+            )
+        source = f"preset {name}"
+        data = _read_yaml(resources.files("vaevq") / "configs" / f"{name}.yaml", source)
+        data.setdefault("name", name)
+    config = config_from_dict(data, source)
+    if overrides:
+        merged = _merge(config.to_dict(), parse_overrides(overrides))
+        config = config_from_dict(merged, "command-line override")
+    return finalize(config)
+
+
+def finalize(config: Config) -> Config:
+    """Derived settings and cross-field checks shared by every entry point."""
+    if config.data.root is not None and config.data.source == "builtin":
+        config.data.source = "imagefolder"
+    choices = {
+        "loss.rec": (config.loss.rec, ("l1", "l2")),
+        "loss.rec_paths": (config.loss.rec_paths, ("sum", "mean")),
+        "loss.rcs_form": (config.loss.rcs_form, ("paper", "released")),
+        "model.quantize": (config.model.quantize, ("sample", "mean")),
+        "model.estimator": (config.model.estimator, ("straight-through", "released")),
+        "data.source": (config.data.source, ("builtin", "imagefolder")),
+        "train.schedule": (config.train.schedule, ("cosine", "constant")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    positive = {
+        "model.latent_dim": config.model.latent_dim,
+        "model.codebook_size": config.model.codebook_size,
+        "model.ch": config.model.ch,
+        "train.batch_size": config.train.batch_size,
+        "data.resolution": config.data.resolution,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive; got {value}")
+    if not config.model.ch_mult:
+        raise ConfigError("model.ch_mult must have at least one entry")
+    factor = 2 ** (len(config.model.ch_mult) - 1)
+    if config.data.resolution % factor:
+        raise ConfigError(
+            f"data.resolution {config.data.resolution} is not divisible by the downsampling "
+            f"factor {factor} of model.ch_mult {list(config.model.ch_mult)}"
+        )
+    return config

@@ -1,0 +1,175 @@
+"""Datasets: the built-in photo tiles and a folder of images (ImageNet layout accepted).
+
+Items are requested as ``dataset[(index, aug_seed)]`` (or a plain index for no augmentation),
+so random crops and flips are a pure function of the seed: training is reproducible and
+resumes exactly, with any number of loader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vaevq.config import Config, ConfigError
+from vaevq.data.transforms import crop, list_images, load_rgb, resize_shorter_side, to_tensor
+
+# Real photographs that ship inside scikit-image (training) and scikit-learn (evaluation).
+BUILTIN_TRAIN = [
+    ("skimage.data", "astronaut.png"),
+    ("skimage.data", "chelsea.png"),
+    ("skimage.data", "coffee.png"),
+    ("skimage.data", "rocket.jpg"),
+    ("skimage.data", "motorcycle_left.png"),
+    ("skimage.data", "motorcycle_right.png"),
+    ("skimage.data", "hubble_deep_field.jpg"),
+    ("skimage.data", "ihc.png"),
+]
+BUILTIN_EVAL = [
+    ("sklearn.datasets", "images/china.jpg"),
+    ("sklearn.datasets", "images/flower.jpg"),
+]
+TRAIN_SCALES = (4, 8)  # shorter side = resolution * scale
+EVAL_SCALES = (4,)
+
+
+def _split_item(item) -> tuple[int, int | None]:
+    if isinstance(item, tuple):
+        return item
+    return int(item), None
+
+
+class _Augmenting(Dataset):
+    def __init__(self, random_flip: bool):
+        self.random_flip = random_flip
+
+    def _flip(self, image: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if self.random_flip and gen is not None and bool(torch.rand(1, generator=gen) < 0.5):
+            return image.flip(-1)
+        return image
+
+
+class BuiltinPhotos(_Augmenting):
+    """Overlapping tiles (stride resolution/2) of real photos, resized to a few scales.
+
+    split "train": scikit-image's astronaut, chelsea, coffee, rocket, both motorcycle views,
+    hubble_deep_field and immunohistochemistry at shorter side 4x and 8x the resolution.
+    split "eval": scikit-learn's china.jpg and flower.jpg at 4x. Deterministic.
+    """
+
+    def __init__(self, split: str, resolution: int, random_flip: bool = False):
+        super().__init__(random_flip and split == "train")
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be train or eval, got {split!r}")
+        sources = BUILTIN_TRAIN if split == "train" else BUILTIN_EVAL
+        scales = TRAIN_SCALES if split == "train" else EVAL_SCALES
+        stride = max(1, resolution // 2)
+        tiles, names = [], []
+        for package, name in sources:
+            path = resources.files(package) / name
+            with resources.as_file(path) as real:
+                if not Path(real).is_file():
+                    raise FileNotFoundError(f"built-in photo {name} not found in {package} ({real})")
+                photo = load_rgb(real)
+            for scale in scales:
+                image = to_tensor(resize_shorter_side(photo, resolution * scale))
+                windows = image.unfold(1, resolution, stride).unfold(2, resolution, stride)
+                windows = windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, resolution, resolution)
+                tiles.append(windows)
+                names += [f"{Path(name).stem}@{scale}x#{i}" for i in range(windows.shape[0])]
+        self.tiles = torch.cat(tiles).contiguous()  # (N, 3, r, r) in [-1, 1]
+        self.names = names
+
+    def __len__(self) -> int:
+        return self.tiles.shape[0]
+
+    def __getitem__(self, item) -> torch.Tensor:
+        index, seed = _split_item(item)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self._flip(self.tiles[index], gen)
+
+
+class ImageFolderDataset(_Augmenting):
+    """Every image under a folder (recursively): shorter side resized, then a center crop
+    (or a random crop when ``random_crop``), optional horizontal flip."""
+
+    def __init__(self, files: list[Path], resolution: int, random_crop: bool = False,
+                 random_flip: bool = False):
+        super().__init__(random_flip)
+        self.files = files
+        self.resolution = resolution
+        self.random_crop = random_crop
+        self.names = [str(f) for f in files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item) -> torch.Tensor:
+        index, seed = _split_item(item)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        img: Image.Image = resize_shorter_side(load_rgb(self.files[index]), self.resolution)
+        img = crop(img, self.resolution, gen if self.random_crop else None)
+        return self._flip(to_tensor(img), gen)
+
+
+def _held_out(path: Path, root: Path, fraction: float) -> bool:
+    digest = hashlib.md5(str(path.relative_to(root)).encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32 < fraction
+
+
+def image_folder_splits(root: str | Path, eval_fraction: float) -> tuple[list[Path], list[Path]]:
+    """(train files, eval files): root/train and root/val (or validation) when present,
+    otherwise a deterministic hash split of every image under root."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data.root {root} does not exist or is not a folder")
+    train_dir = root / "train"
+    eval_dir = next((root / n for n in ("val", "validation", "eval", "test") if (root / n).is_dir()),
+                    None)
+    if train_dir.is_dir() and eval_dir is not None:
+        train, held = list_images(train_dir), list_images(eval_dir)
+    else:
+        files = list_images(root)
+        held = [f for f in files if _held_out(f, root, eval_fraction)]
+        train = [f for f in files if not _held_out(f, root, eval_fraction)]
+        if files and not held:
+            held = train[-1:]
+            train = train[:-1]
+    if not train:
+        raise ConfigError(f"no training images (.jpg, .png, ...) found under {root}")
+    if not held:
+        raise ConfigError(f"no evaluation images found under {root}")
+    return train, held
+
+
+def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
+    """(train, eval) datasets for the config's data section."""
+    d = config.data
+    if d.source == "builtin":
+        return (BuiltinPhotos("train", d.resolution, d.random_flip),
+                BuiltinPhotos("eval", d.resolution))
+    if not d.root:
+        raise ConfigError(f"{config.name}: data.root is not set; pass data.root=PATH "
+                          "(a folder of images; ImageNet layout with train/ and val/ accepted)")
+    train, held = image_folder_splits(d.root, d.eval_fraction)
+    return (ImageFolderDataset(train, d.resolution, d.random_crop, d.random_flip),
+            ImageFolderDataset(held, d.resolution))
+
+
+def build_eval_dataset(config: Config, path: str | None = None) -> Dataset:
+    """The held-out split of the config, or every image under ``path`` (center crops)."""
+    if path is None:
+        return build_datasets(config)[1]
+    if path == "built-in" or path == "builtin":
+        return BuiltinPhotos("eval", config.data.resolution)
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--data {p} does not exist")
+    files = [p] if p.is_file() else list_images(p)
+    if not files:
+        raise ConfigError(f"no images (.jpg, .png, ...) found under {p}")
+    return ImageFolderDataset(files, config.data.resolution)

@@ -1,0 +1,160 @@
+"""The VAEVQ tokenizer: VQGAN encoder/decoder around a (variational) quantizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.config import Config, ModelConfig, config_from_dict, finalize, load_config
+from vaevq.losses.vaevq_losses import reconstruction_loss
+from vaevq.models.vqgan import Decoder, Encoder
+from vaevq.quantizers import build_quantizer
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class VAEVQOutput:
+    """Training forward. rec_c is None for non-variational quantizers (single path)."""
+
+    rec_q: torch.Tensor  # (B, C, H, W) decoded from the quantized latent
+    rec_c: torch.Tensor | None  # (B, C, H, W) decoded from the continuous latent z_c
+    mu: torch.Tensor | None  # (B, d, h, w)
+    logvar: torch.Tensor | None  # (B, d, h, w)
+    z_c: torch.Tensor  # (B, d, h, w)
+    z_q: torch.Tensor  # (B, d, h, w)
+    indices: torch.Tensor  # (B, h, w) int64
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted terms and "total"
+
+
+class VAEVQ(nn.Module):
+    """Encoder -> posterior head -> quantizer -> (shared) decoder on both paths.
+
+    ``VAEVQ(config)`` takes a full :class:`~vaevq.config.Config` (model and loss sections are
+    used) or a :class:`~vaevq.config.ModelConfig` (default losses).
+    """
+
+    def __init__(self, config: Config | ModelConfig):
+        super().__init__()
+        if isinstance(config, ModelConfig):
+            config = Config(model=config)
+        self.config = config
+        m = config.model
+        self.quantizer = build_quantizer(m.quantizer, model=m, loss=config.loss)
+        arch = dict(
+            ch=m.ch,
+            ch_mult=tuple(m.ch_mult),
+            num_res_blocks=m.num_res_blocks,
+            attn_resolutions=tuple(m.attn_resolutions),
+            dropout=m.dropout,
+            resolution=m.resolution,
+        )
+        self.encoder = Encoder(in_channels=m.in_channels, out_channels=m.z_channels, **arch)
+        self.quant_conv = nn.Conv2d(m.z_channels, self.quantizer.in_channels_factor * m.latent_dim, 1)
+        self.post_quant_conv = nn.Conv2d(m.latent_dim, m.z_channels, 1)
+        self.decoder = Decoder(out_channels=m.in_channels, z_channels=m.z_channels, **arch)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: list[str] | None = None) -> VAEVQ:
+        return cls(load_config(name, overrides))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.yaml and model.safetensors (each atomically) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
+        atomic_write_text(directory / CONFIG_FILE, self.config.to_yaml())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> VAEVQ:
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing (written by save_pretrained)")
+        import yaml
+
+        config = finalize(config_from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()),
+                                           str(directory / CONFIG_FILE)))
+        model = cls(config)
+        state = load_file(str(directory / WEIGHTS_FILE), device=map_location)
+        model.load_state_dict(state)
+        return model
+
+    # ------------------------------------------------------------------ pieces
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.config.model.ch_mult) - 1)
+
+    @property
+    def codebook(self):
+        return self.quantizer.codebook
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        m = self.config.model
+        if x.dim() != 4 or x.shape[1] != m.in_channels:
+            raise ValueError(f"expected images (B, {m.in_channels}, H, W); got {tuple(x.shape)}")
+        f = self.downsample_factor
+        if x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the factor {f}")
+
+    def encode_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> posterior head output (B, factor * d, h, w)."""
+        self._check_input(x)
+        return self.quant_conv(self.encoder(x))
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) continuous or quantized latent -> image (B, C, H, W)."""
+        return self.decoder(self.post_quant_conv(z))
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(self, x: torch.Tensor) -> VAEVQOutput:
+        q = self.quantizer(self.encode_features(x))
+        rec_q = self.decode_latent(q.z_q_decoder)
+        rec_c = self.decode_latent(q.z_c) if self.quantizer.variational else None
+        kind = self.config.loss.rec
+        rec_terms = [reconstruction_loss(x, rec_q, kind)]
+        if rec_c is not None:
+            rec_terms.append(reconstruction_loss(x, rec_c, kind))
+        rec = torch.stack(rec_terms).sum()
+        if self.config.loss.rec_paths == "mean":
+            rec = rec / len(rec_terms)
+        losses = {"rec": rec, **q.losses}
+        losses["total"] = torch.stack(list(losses.values())).sum()
+        return VAEVQOutput(rec_q, rec_c, q.mu, q.logvar, q.z_c, q.z_q, q.indices, losses)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) int64. Deterministic: quantizes the posterior mean."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.quantizer(self.encode_features(x)).indices
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) -> images (B, C, H, W)."""
+        return self.decode_latent(self.codebook.lookup(indices))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction through the quantizer (what ``decode(encode(x))`` gives)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.decode_latent(self.quantizer(self.encode_features(x)).z_q_decoder)
+        finally:
+            self.train(was_training)
+

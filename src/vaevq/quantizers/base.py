@@ -1,0 +1,84 @@
+"""What every quantizer returns, the learnable codebook, and the registry of quantizers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from vaevq.quantizers.search import nearest_code
+
+
+@dataclass
+class QuantizerOutput:
+    z: torch.Tensor  # (B, d, h, w) what was quantized (the sample z_c, or mu)
+    z_c: torch.Tensor  # (B, d, h, w) the continuous latent decoded on the continuous path
+    z_q: torch.Tensor  # (B, d, h, w) the selected code vectors (gradient reaches the codebook)
+    z_q_decoder: torch.Tensor  # (B, d, h, w) value z_q, gradient as the estimator says
+    indices: torch.Tensor  # (B, h, w) int64
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already weighted
+    mu: torch.Tensor | None = None  # (B, d, h, w) posterior mean (variational quantizers)
+    logvar: torch.Tensor | None = None  # (B, d, h, w) posterior log-variance
+
+
+class Codebook(nn.Module):
+    """K learnable vectors of size d; optionally SimVQ-style: a frozen basis through Linear(d, d).
+
+    ``vectors()`` is the effective codebook used by search, lookup and DCR alike, so decoding
+    from indices always sees exactly what training saw.
+    """
+
+    def __init__(self, size: int, dim: int, projection: bool = False):
+        super().__init__()
+        self.size, self.dim = size, dim
+        self.embedding = nn.Parameter(torch.empty(size, dim))
+        if projection:
+            nn.init.normal_(self.embedding, std=dim**-0.5)
+            self.embedding.requires_grad_(False)
+            self.projection: nn.Module = nn.Linear(dim, dim)
+        else:
+            nn.init.uniform_(self.embedding, -1.0 / size, 1.0 / size)  # taming's init
+            self.projection = nn.Identity()
+
+    def vectors(self) -> torch.Tensor:
+        """(K, d) effective codebook."""
+        return self.projection(self.embedding)
+
+    def lookup(self, indices: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, h, w) int64 -> (B, d, h, w)."""
+        if indices.dtype != torch.long:
+            raise TypeError(f"token indices must be int64, got {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.size):
+            raise ValueError(
+                f"token index out of range [0, {self.size}): min {int(indices.min())}, "
+                f"max {int(indices.max())}"
+            )
+        vectors = self.vectors() if vectors is None else vectors
+        return rearrange(vectors[indices], "b h w d -> b d h w")
+
+    def search(self, z: torch.Tensor, vectors: torch.Tensor, block: int) -> torch.Tensor:
+        """(B, d, h, w) -> (B, h, w) nearest-code indices."""
+        b, _, h, w = z.shape
+        flat = rearrange(z.detach(), "b d h w -> (b h w) d")
+        return nearest_code(flat, vectors.detach(), code_block=block).view(b, h, w)
+
+
+QuantizerFactory = Callable[..., nn.Module]
+QUANTIZERS: dict[str, QuantizerFactory] = {}
+
+
+def register_quantizer(name: str) -> Callable[[QuantizerFactory], QuantizerFactory]:
+    def wrap(factory: QuantizerFactory) -> QuantizerFactory:
+        QUANTIZERS[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_quantizer(name: str, **kwargs) -> nn.Module:
+    if name not in QUANTIZERS:
+        raise ValueError(f"unknown model.quantizer {name!r}; available: {', '.join(sorted(QUANTIZERS))}")
+    return QUANTIZERS[name](**kwargs)

@@ -1,0 +1,292 @@
+"""The training loop: one loop for one process or many (torchrun)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vaevq.config import Config
+from vaevq.data import StepBatchSampler, build_datasets
+from vaevq.fileio import atomic_write_text
+from vaevq.models import VAEVQ
+from vaevq.training.checkpoint import (
+    BEST,
+    LAST,
+    checkpoint_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from vaevq.training.distributed import DistInfo, barrier, init_distributed
+from vaevq.training.evaluate import evaluate
+from vaevq.training.images import reconstruction_grid
+
+
+def lr_lambda(config: Config, total_steps: int):
+    """Multiplier of train.lr at a step: linear warm-up, then constant or cosine decay."""
+    t = config.train
+
+    def factor(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - t.warmup_steps)
+        progress = min(1.0, (step - t.warmup_steps) / span)
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class WeightEMA:
+    """Exponential moving average of a model's parameters (buffers copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_params = list(self.model.parameters())
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Train ``config`` into ``run_dir``. ``resume=True`` continues from checkpoints/last.pt."""
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False,
+                 device: str | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dist: DistInfo = init_distributed(device)
+        t = config.train
+        self.train_set, self.eval_set = build_datasets(config)
+        global_batch = t.batch_size * self.dist.world_size
+        if t.epochs > 0:
+            self.total_steps = t.epochs * (len(self.train_set) // global_batch)
+        else:
+            self.total_steps = t.steps
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = VAEVQ(config).to(self.dist.device)
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
+        self.step = 0
+        self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
+        self.resumed_from: int | None = None
+        if resume and (checkpoint_dir(self.run_dir) / LAST).is_file():
+            self._restore(checkpoint_dir(self.run_dir) / LAST)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank]
+                                            if self.dist.device.type == "cuda" else None)
+                    if self.dist.enabled else self.model)
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "best": self.best,
+        }
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path, self.dist.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{path} has no weight EMA but train.ema_decay is set")
+            self.ema.model.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        self.best = state.get("best", self.best)
+        self.resumed_from = self.step
+
+    def save(self, name: str = LAST) -> None:
+        if self.dist.is_main:
+            save_checkpoint(checkpoint_dir(self.run_dir) / name, self.state())
+        barrier()
+
+    # ------------------------------------------------------------------ logging
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _trim_log(self) -> None:
+        """On resume, drop log lines written after the checkpoint (they will be redone)."""
+        if not (self.dist.is_main and self.log_path.is_file()):
+            return
+        kept = [line for line in self.log_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
+
+    def print(self, *args) -> None:
+        if self.dist.is_main:
+            tqdm.write(" ".join(str(a) for a in args))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def eval_model(self) -> VAEVQ:
+        return self.ema.model if self.ema else self.model
+
+    def run_eval(self) -> dict[str, float]:
+        e = self.config.eval
+        metrics = evaluate(self.eval_model(), self.eval_set, batch_size=e.batch_size,
+                           max_images=e.max_images, device=self.dist.device,
+                           rank=self.dist.rank, world_size=self.dist.world_size)
+        self.log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        value = metrics.get(self.best["metric"])
+        if value is not None and (self.best["value"] is None or value > self.best["value"]):
+            self.best = {"metric": self.best["metric"], "value": value, "step": self.step}
+            self.save(BEST)
+        return metrics
+
+    def save_images(self) -> None:
+        if not self.dist.is_main:
+            return
+        n = min(self.config.eval.grid_images, len(self.eval_set))
+        images = torch.stack([self.eval_set[i] for i in range(n)]).to(self.dist.device)
+        reconstruction_grid(self.eval_model(), images, self.run_dir / "images" / f"step{self.step:07d}.png")
+
+    # ------------------------------------------------------------------ loop
+
+    def _loader(self) -> DataLoader:
+        t = self.config.train
+        sampler = StepBatchSampler(len(self.train_set), t.batch_size, seed=t.seed,
+                                   start_step=self.step, total_steps=self.total_steps,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        return DataLoader(self.train_set, batch_sampler=sampler,
+                          num_workers=self.config.data.num_workers,
+                          pin_memory=self.dist.device.type == "cuda")
+
+    def _announce(self) -> None:
+        t = self.config.train
+        n_params = sum(p.numel() for p in self.model.parameters())
+        start = f"resuming at step {self.step}" if self.resumed_from is not None else "starting"
+        self.print(
+            f"[vaevq] {self.config.name}: {start}; {self.total_steps} steps; "
+            f"{len(self.train_set)} train / {len(self.eval_set)} eval images; "
+            f"global batch {t.batch_size * self.dist.world_size} ({t.batch_size} x "
+            f"{self.dist.world_size} processes); lr {t.lr:g} ({t.schedule}, not scaled with the "
+            f"batch); {n_params / 1e6:.2f} M parameters; device {self.dist.device}"
+        )
+
+    def train(self) -> dict[str, float]:
+        """Run to train.steps (or epochs); returns the final evaluation metrics."""
+        t = self.config.train
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml())
+            self._trim_log()
+        self._announce()
+        self.ddp.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (t.progress and self.dist.is_main), mininterval=1.0)
+        timer, seen = time.perf_counter(), 0
+        with _StopFlag() as stop:
+            for batch in self._loader():
+                # the step's noise (VLQ samples, dropout) is a function of (seed, step, rank)
+                torch.manual_seed((t.seed * 1_000_003 + self.step) * 131 + self.dist.rank)
+                losses = self._train_step(batch.to(self.dist.device, non_blocking=True))
+                self.step += 1
+                seen += batch.shape[0] * self.dist.world_size
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - timer
+                    record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
+                              **{f"loss/{k}": v for k, v in losses.items()},
+                              "img_per_s": seen / max(elapsed, 1e-9)}
+                    self.log(record)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+                    timer, seen = time.perf_counter(), 0
+                if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
+                    m = self.run_eval()
+                    self.print(f"step {self.step}: " + _short(m))
+                if t.image_every and self.step % t.image_every == 0:
+                    self.save_images()
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save(LAST)
+                if stop.requested:
+                    self.save(LAST)
+                    bar.close()
+                    self.print(f"[vaevq] stopped at step {self.step}; checkpoint saved; "
+                               f"continue with --resume")
+                    raise KeyboardInterrupt
+        bar.close()
+        metrics = self.run_eval()
+        self.save_images()
+        self.save(LAST)
+        if self.dist.is_main:
+            self.eval_model().save_pretrained(self.run_dir / "model")
+        self.print(f"[vaevq] done at step {self.step}: " + _short(metrics))
+        return metrics
+
+    def _train_step(self, x: torch.Tensor) -> dict[str, float]:
+        out = self.ddp(x)
+        losses = {k: float(v.detach()) for k, v in out.losses.items()}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
+                                     "checkpoint is untouched")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.losses["total"].backward()
+        if self.config.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return losses
+
+def _short(metrics: dict[str, float]) -> str:
+    keys = ("psnr", "ssim", "utilization", "perplexity")
+    return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
