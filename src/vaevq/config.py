@@ -46,6 +46,8 @@ class ModelConfig:
     codebook_size: int = 16384
     quantizer: str = "vlq"  # see vaevq.quantizers.QUANTIZERS
     codebook_projection: bool = False  # SimVQ-style Linear(d, d) on the codebook (released code)
+    codebook_init: str = "uniform"  # uniform(-1/K, 1/K) (taming) | normal (N(0, I), the prior)
+    logvar_init: float = 0.0  # initial bias of the log-variance channels of the posterior head
     quantize: str = "sample"  # sample (paper: z_c) | mean (released code: mu_c)
     estimator: str = "straight-through"  # straight-through | released
     logvar_min: float = -30.0
@@ -285,6 +287,7 @@ def finalize(config: Config) -> Config:
         "loss.rec_paths": (config.loss.rec_paths, ("sum", "mean")),
         "loss.rcs_form": (config.loss.rcs_form, ("paper", "released")),
         "model.quantize": (config.model.quantize, ("sample", "mean")),
+        "model.codebook_init": (config.model.codebook_init, ("uniform", "normal")),
         "model.estimator": (config.model.estimator, ("straight-through", "released")),
         "data.source": (config.data.source, ("builtin", "imagefolder")),
         "train.schedule": (config.train.schedule, ("cosine", "constant")),

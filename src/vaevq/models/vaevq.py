@@ -57,6 +57,9 @@ class VAEVQ(nn.Module):
         )
         self.encoder = Encoder(in_channels=m.in_channels, out_channels=m.z_channels, **arch)
         self.quant_conv = nn.Conv2d(m.z_channels, self.quantizer.in_channels_factor * m.latent_dim, 1)
+        if self.quantizer.variational:
+            with torch.no_grad():
+                self.quant_conv.bias[m.latent_dim :].fill_(m.logvar_init)
         self.post_quant_conv = nn.Conv2d(m.latent_dim, m.z_channels, 1)
         self.decoder = Decoder(out_channels=m.in_channels, z_channels=m.z_channels, **arch)
 

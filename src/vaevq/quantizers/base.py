@@ -31,7 +31,7 @@ class Codebook(nn.Module):
     from indices always sees exactly what training saw.
     """
 
-    def __init__(self, size: int, dim: int, projection: bool = False):
+    def __init__(self, size: int, dim: int, projection: bool = False, init: str = "uniform"):
         super().__init__()
         self.size, self.dim = size, dim
         self.embedding = nn.Parameter(torch.empty(size, dim))
@@ -40,7 +40,10 @@ class Codebook(nn.Module):
             self.embedding.requires_grad_(False)
             self.projection: nn.Module = nn.Linear(dim, dim)
         else:
-            nn.init.uniform_(self.embedding, -1.0 / size, 1.0 / size)  # taming's init
+            if init == "normal":
+                nn.init.normal_(self.embedding)  # the N(0, I) prior that DCR pulls towards
+            else:
+                nn.init.uniform_(self.embedding, -1.0 / size, 1.0 / size)  # taming's init
             self.projection = nn.Identity()
 
     def vectors(self) -> torch.Tensor:

@@ -40,7 +40,8 @@ class VariationalLatentQuantizer(nn.Module):
 
     def __init__(self, model: ModelConfig, loss: LossConfig):
         super().__init__()
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection)
+        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection,
+                                 model.codebook_init)
         self.quantize_sample = model.quantize == "sample"
         self.estimator = model.estimator
         self.logvar_range = (model.logvar_min, model.logvar_max)
@@ -83,7 +84,8 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, model: ModelConfig, loss: LossConfig):
         super().__init__()
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection)
+        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection,
+                                 model.codebook_init)
         self.search_block = model.search_block
         self.beta = loss.commitment_beta
 

@@ -1,0 +1,244 @@
+"""The ``vaevq`` command line (also ``python -m vaevq``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  vaevq train tiny --out runs/tiny
+  vaevq train tiny train.steps=2000 model.codebook_size=1024 --out runs/tiny-1k
+  vaevq train imagenet-f16 data.root=/data/imagenet --out runs/f16
+  vaevq train runs/tiny --out runs/tiny --resume
+  vaevq eval --checkpoint runs/tiny
+  vaevq reconstruct --checkpoint runs/tiny --out recon/ photo.jpg more_photos/
+  vaevq encode --checkpoint runs/tiny --out tokens.npy my_images/
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaevq", description="Train, evaluate and use VAEVQ discrete visual tokenizers.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a tokenizer from a preset or a YAML file")
+    p.add_argument("config", metavar="PRESET_OR_YAML",
+                   help="a preset name (see `vaevq presets`) or a YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.steps=2000 data.root=/data/imgs")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR/checkpoints/last.pt (starts fresh if none)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+
+    p = sub.add_parser("eval", help="PSNR, SSIM, codebook utilization and perplexity")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
+                   help="a run folder, a checkpoint .pt file or a save_pretrained folder")
+    p.add_argument("--data", metavar="PATH",
+                   help="a folder of images or 'built-in' (default: the run's held-out split)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N", help="0: all")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--which", choices=["last", "best"], default="last",
+                   help="which checkpoint of a run folder")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+    p = sub.add_parser("reconstruct", help="write original | reconstruction PNGs")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--which", choices=["last", "best"], default="last")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+    p = sub.add_parser("encode", help="token ids of every image in a folder, as .npy")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="TOKENS.npy")
+    p.add_argument("images", metavar="IMAGE_DIR")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--which", choices=["last", "best"], default="last")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+    sub.add_parser("presets", help="list the presets shipped in the package")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from vaevq.config import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"vaevq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vaevq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _device(args) -> str:
+    import torch
+
+    if args.device:
+        return args.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_train(args) -> int:
+    from vaevq.config import load_config
+    from vaevq.training import Trainer
+    from vaevq.training.checkpoint import LAST, checkpoint_dir
+
+    run_dir = Path(args.out)
+    has_checkpoint = (checkpoint_dir(run_dir) / LAST).is_file()
+    if has_checkpoint and not args.resume:
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                         "or choose another --out")
+    source = args.config
+    if args.resume and (run_dir / "config.yaml").is_file():
+        source = run_dir / "config.yaml"  # the run's own settings; overrides still apply
+    config = load_config(source, args.overrides)
+    if args.resume and not has_checkpoint:
+        print(f"[vaevq] no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
+    Trainer(config, run_dir, resume=args.resume, device=args.device).train()
+    return 0
+
+
+def _run_dir_of(checkpoint: Path) -> Path:
+    """Where eval outputs go: the run folder (or the folder holding a loose .pt file)."""
+    if checkpoint.is_file():
+        parent = checkpoint.parent
+        return parent.parent if parent.name == "checkpoints" else parent
+    return checkpoint
+
+
+def cmd_eval(args) -> int:
+    from vaevq.data import build_eval_dataset
+    from vaevq.fileio import atomic_write_text
+    from vaevq.training import evaluate, load_model
+
+    device = _device(args)
+    model = load_model(args.checkpoint, args.which).to(device)
+    config = model.config
+    dataset = build_eval_dataset(config, args.data)
+    batch = args.batch_size or config.eval.batch_size
+    metrics = evaluate(model, dataset, batch_size=batch, max_images=args.max_images,
+                       device=device, progress=True)
+    data_name = args.data or ("built-in held-out photos (scikit-learn china.jpg, flower.jpg)"
+                              if config.data.source == "builtin" else f"{config.data.root} (held out)")
+    result = {"checkpoint": str(args.checkpoint), "data": data_name,
+              "resolution": config.data.resolution, **metrics}
+    rows = [
+        ("data", data_name),
+        ("images", f"{metrics['images']} at {config.data.resolution}x{config.data.resolution}"),
+        ("PSNR (dB)", f"{metrics['psnr']:.3f}"),
+        ("SSIM", f"{metrics['ssim']:.4f}"),
+    ]
+    if "psnr_continuous" in metrics:
+        rows.append(("PSNR continuous path (dB)", f"{metrics['psnr_continuous']:.3f}"))
+    rows += [
+        ("codebook utilization", f"{metrics['utilization']:.4f} "
+                                 f"({metrics['used_codes']}/{config.model.codebook_size} codes)"),
+        ("perplexity", f"{metrics['perplexity']:.2f}"),
+        ("dead codes", str(metrics["dead_codes"])),
+        ("tokens", str(metrics["tokens"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    out = _run_dir_of(Path(args.checkpoint)) / "eval" / "metrics.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _image_files(inputs: list[str]) -> list[Path]:
+    from vaevq.data.transforms import list_images
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise FileNotFoundError(f"no images (.jpg, .png, ...) found under {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return files
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from vaevq.data.transforms import prepare_image
+    from vaevq.metrics import psnr
+    from vaevq.training import load_model
+    from vaevq.training.images import save_grid
+
+    device = _device(args)
+    model = load_model(args.checkpoint, args.which).to(device)
+    resolution = model.config.data.resolution
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in _image_files(args.inputs):
+        x = prepare_image(path, resolution).unsqueeze(0).to(device)
+        rec = model.reconstruct(x)
+        target = out_dir / f"{path.stem}.png"
+        # original | reconstruction, side by side
+        save_grid([torch.cat([x, rec], dim=-1)], target, scale=max(1, 256 // resolution))
+        print(f"{path} -> {target} (PSNR {float(psnr(x, rec)[0]):.2f} dB)")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+
+    from vaevq.data.transforms import prepare_image
+    from vaevq.training import load_model
+
+    device = _device(args)
+    model = load_model(args.checkpoint, args.which).to(device)
+    resolution = model.config.data.resolution
+    files = _image_files([args.images])
+    tokens = []
+    for i in range(0, len(files), args.batch_size):
+        x = torch.stack([prepare_image(f, resolution) for f in files[i : i + args.batch_size]])
+        tokens.append(model.encode(x.to(device)).cpu())
+    array = torch.cat(tokens).numpy().astype(np.int64)  # (N, h, w)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, array)
+    listing = out.with_name(out.stem + ".files.txt")
+    listing.write_text("".join(f"{f}\n" for f in files))
+    print(f"wrote {out}: {array.shape[0]} images x {array.shape[1]}x{array.shape[2]} tokens "
+          f"(int64, codebook {model.config.model.codebook_size}); file order in {listing}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from importlib import resources
+
+    from vaevq.config import preset_names
+
+    for name in preset_names():
+        text = (resources.files("vaevq") / "configs" / f"{name}.yaml").read_text()
+        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+        print(f"{name:<20} {first}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "reconstruct": cmd_reconstruct,
+    "encode": cmd_encode,
+    "presets": cmd_presets,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

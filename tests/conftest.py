@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+
+# the suite runs on 2 CPU cores; keep torch from oversubscribing them
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """A smaller tiny model for fast tests (same architecture family, same objective)."""
+    return [
+        "model.ch=16",
+        "model.z_channels=32",
+        "model.codebook_size=64",
+        "model.latent_dim=8",
+        "train.progress=false",
+        "eval.max_images=32",
+    ]
