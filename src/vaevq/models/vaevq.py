@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaevq.fileio import atomic_write, atomic_write_text
 from vaevq.config import Config, ModelConfig, config_from_dict, finalize, load_config
+from vaevq.fileio import atomic_write, atomic_write_text
 from vaevq.losses.vaevq_losses import reconstruction_loss
 from vaevq.models.vqgan import Decoder, Encoder
 from vaevq.quantizers import build_quantizer

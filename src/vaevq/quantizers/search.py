@@ -5,7 +5,9 @@ row and is never formed. The N x K score matrix is never held whole: rows are pr
 blocks of ``row_block`` and codes in blocks of ``code_block``; each block's scores are written
 by ``addmm`` into one reused buffer and reduced to a running (min, argmin) at once, while the
 block is still in cache. Extra memory is about row_block * code_block * 4 bytes plus O(N).
-Ties go to the lowest index (first block wins on equality; argmin inside a block is first).
+Ties go to the lowest index: on equal scores the first block wins and argmin inside a block
+is first; identical codebook rows, whose scores BLAS may round differently depending on their
+column position, are mapped to the first of their copies afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import torch
 
 DEFAULT_ROW_BLOCK = 1024
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64,
+           torch.float16: torch.int16, torch.bfloat16: torch.int16}
 DEFAULT_CODE_BLOCK = 1024
 
 
@@ -74,4 +78,30 @@ def nearest_code(
             bv.copy_(torch.where(better, v, bv))
             bi.copy_(torch.where(better, i + c0, bi))
         indices[r0:r1] = bi
-    return indices
+    return _first_copy(codebook)[indices]
+
+
+def _first_copy(codebook: torch.Tensor) -> torch.Tensor:
+    """(K,) map from each code to the lowest index holding an identical row.
+
+    Rows are grouped by an integer hash of their bits (exact, independent of summation
+    order; a 1-D stable sort, cheap next to the search); a code is remapped only when its
+    row equals the group's first row exactly.
+    """
+    k = codebook.shape[0]
+    identity = torch.arange(k, device=codebook.device)
+    bits = codebook.contiguous().view(_INT_OF[codebook.dtype]).to(torch.int64)
+    gen = torch.Generator().manual_seed(12345)
+    coeffs = torch.randint(1, 2**62, (codebook.shape[1],), generator=gen) * 2 + 1
+    keys = (bits * coeffs.to(codebook.device)).sum(1)  # wraps modulo 2^64: exact
+    sorted_keys, order = torch.sort(keys, stable=True)
+    starts = torch.ones(k, dtype=torch.bool, device=codebook.device)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    if bool(starts.all()):
+        return identity  # no two rows share a key: no duplicates
+    group = torch.cumsum(starts.long(), 0) - 1
+    first = order[starts][group]  # stable sort: each group's first member has the lowest index
+    mapping = identity.clone()
+    mapping[order] = first
+    same = (codebook[mapping] == codebook).all(1)
+    return torch.where(same, mapping, identity)
