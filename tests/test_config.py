@@ -82,3 +82,8 @@ def test_parse_overrides_nested():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
+
+
+def test_exponent_floats_without_a_dot():
+    cfg = load_config("tiny", ["train.lr=1e-4", "loss.kl_weight=5E-6"])
+    assert cfg.train.lr == 1e-4 and cfg.loss.kl_weight == 5e-6

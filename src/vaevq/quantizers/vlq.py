@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ def released_estimator(
     return mu + sigma * ((z_q - mu) / sigma).detach() + z_q - z_q.detach()
 
 
-def _weighted(terms: dict[str, tuple[float, callable]]) -> dict[str, torch.Tensor]:
+def _weighted(terms: dict[str, tuple[float, Callable[[], torch.Tensor]]]) -> dict[str, torch.Tensor]:
     """Evaluate the terms whose weight is non-zero; a switched-off term is absent."""
     return {name: weight * fn() for name, (weight, fn) in terms.items() if weight != 0.0}
 
