@@ -163,3 +163,13 @@ def test_bad_inputs():
         model.decode(torch.zeros(1, 2, 2, dtype=torch.int32))
     with pytest.raises(ValueError, match="unknown model.quantizer"):
         small(["model.quantizer=nope"])
+
+
+def test_reconstruct_paths_agree_with_the_pieces(x):
+    model = small().train()
+    out = model.reconstruct_paths(x)
+    assert model.training  # mode restored
+    assert torch.equal(out.rec_q, model.decode(model.encode(x)))
+    mu = model.quant_conv(model.encoder(x)).chunk(2, 1)[0]
+    torch.testing.assert_close(out.rec_c, model.decode_latent(mu).detach())
+    assert torch.equal(out.indices, model.encode(x))

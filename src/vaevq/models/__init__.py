@@ -1,5 +1,5 @@
 """Tokenizer models."""
 
-from vaevq.models.vaevq import VAEVQ, VAEVQOutput
+from vaevq.models.vaevq import VAEVQ, Reconstruction, VAEVQOutput
 
-__all__ = ["VAEVQ", "VAEVQOutput"]
+__all__ = ["VAEVQ", "Reconstruction", "VAEVQOutput"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -31,6 +32,13 @@ class VAEVQOutput:
     z_q: torch.Tensor  # (B, d, h, w)
     indices: torch.Tensor  # (B, h, w) int64
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted terms and "total"
+
+
+@dataclass
+class Reconstruction:
+    rec_q: torch.Tensor  # (B, C, H, W) decoded from the quantized latent
+    rec_c: torch.Tensor | None  # (B, C, H, W) decoded from mu, or None
+    indices: torch.Tensor  # (B, h, w) int64
 
 
 class VAEVQ(nn.Module):
@@ -83,8 +91,6 @@ class VAEVQ(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} is missing (written by save_pretrained)")
-        import yaml
-
         config = finalize(config_from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()),
                                            str(directory / CONFIG_FILE)))
         model = cls(config)
@@ -137,14 +143,19 @@ class VAEVQ(nn.Module):
         return VAEVQOutput(rec_q, rec_c, q.mu, q.logvar, q.z_c, q.z_q, q.indices, losses)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, h, w) int64. Deterministic: quantizes the posterior mean."""
+    def quantize_eval(self, x: torch.Tensor):
+        """The deterministic (evaluation-mode) quantizer output for images ``x``."""
         was_training = self.training
         self.eval()
         try:
-            return self.quantizer(self.encode_features(x)).indices
+            return self.quantizer(self.encode_features(x))
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) int64. Deterministic: quantizes the posterior mean."""
+        return self.quantize_eval(x).indices
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -154,10 +165,18 @@ class VAEVQ(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction through the quantizer (what ``decode(encode(x))`` gives)."""
+        return self.reconstruct_paths(x, continuous=False).rec_q
+
+    @torch.no_grad()
+    def reconstruct_paths(self, x: torch.Tensor, continuous: bool = True) -> Reconstruction:
+        """Evaluation-mode reconstructions: quantized path, continuous path (mu; variational
+        quantizers only, and only when ``continuous``) and the token ids."""
         was_training = self.training
         self.eval()
         try:
-            return self.decode_latent(self.quantizer(self.encode_features(x)).z_q_decoder)
+            q = self.quantizer(self.encode_features(x))
+            rec_c = (self.decode_latent(q.z_c)
+                     if continuous and self.quantizer.variational else None)
+            return Reconstruction(self.decode_latent(q.z_q_decoder), rec_c, q.indices)
         finally:
             self.train(was_training)
-

@@ -33,21 +33,15 @@ def evaluate(
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
     usage = CodebookUsage(model.config.model.codebook_size)
     sums = torch.zeros(4, dtype=torch.float64)  # psnr, ssim, psnr_continuous, images
-    was_training = model.training
-    model.eval()
-    try:
-        for x in tqdm(loader, desc="eval", disable=not progress, leave=False):
-            x = x.to(device)
-            q = model.quantizer(model.encode_features(x))
-            rec_q = model.decode_latent(q.z_q_decoder)
-            usage.update(q.indices)
-            sums[0] += psnr(x, rec_q).sum().cpu()
-            sums[1] += ssim(x, rec_q).sum().cpu()
-            if model.quantizer.variational:
-                sums[2] += psnr(x, model.decode_latent(q.z_c)).sum().cpu()
-            sums[3] += x.shape[0]
-    finally:
-        model.train(was_training)
+    for x in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        x = x.to(device)
+        out = model.reconstruct_paths(x)
+        usage.update(out.indices)
+        sums[0] += psnr(x, out.rec_q).sum().cpu()
+        sums[1] += ssim(x, out.rec_q).sum().cpu()
+        if out.rec_c is not None:
+            sums[2] += psnr(x, out.rec_c).sum().cpu()
+        sums[3] += x.shape[0]
     sums = all_reduce_sum(sums)
     usage.all_reduce()
     images = max(int(sums[3]), 1)

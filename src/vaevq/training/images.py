@@ -37,15 +37,7 @@ def save_grid(rows: list[torch.Tensor], path: str | Path, scale: int = 1) -> Non
 @torch.no_grad()
 def reconstruction_grid(model, images: torch.Tensor, path: str | Path) -> None:
     """Rows: originals, the continuous path (variational models), the quantized path."""
-    was_training = model.training
-    model.eval()
-    try:
-        q = model.quantizer(model.encode_features(images))
-        rows = [images]
-        if model.quantizer.variational:
-            rows.append(model.decode_latent(q.z_c))
-        rows.append(model.decode_latent(q.z_q_decoder))
-    finally:
-        model.train(was_training)
+    out = model.reconstruct_paths(images)
+    rows = [images] + ([out.rec_c] if out.rec_c is not None else []) + [out.rec_q]
     scale = max(1, 128 // images.shape[-1])
     save_grid(rows, path, scale)
