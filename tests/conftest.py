@@ -5,6 +5,8 @@ import torch
 
 # the suite runs on 2 CPU cores; keep torch from oversubscribing them
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# no test reaches the internet for weights; the download tests serve files locally
+os.environ["VAEVQ_OFFLINE"] = "1"
 
 
 @pytest.fixture

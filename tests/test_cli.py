@@ -37,10 +37,11 @@ def test_train_writes_a_run(run_dir):
 def test_eval_prints_and_writes_metrics(run_dir, capsys):
     assert main(["eval", "--checkpoint", str(run_dir), "--max-images", "8"]) == 0
     printed = capsys.readouterr().out
-    for word in ("PSNR", "SSIM", "utilization", "perplexity"):
+    for word in ("PSNR", "SSIM", "LPIPS (vgg-shift-tolerant)", "utilization", "perplexity"):
         assert word in printed
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 8 and 0 < metrics["utilization"] <= 1
+    assert metrics["lpips_net"] == "vgg-shift-tolerant" and metrics["lpips"] > 0
 
 
 def test_eval_on_a_folder(run_dir, image_dir, capsys):
@@ -73,7 +74,9 @@ def test_existing_run_needs_resume(run_dir, capsys):
     assert main(["train", "tiny", *FAST, "train.steps=3", "--out", str(run_dir), "--resume"]) == 0
 
 
-def test_clear_errors(tmp_path, capsys):
+def test_clear_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VAEVQ_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     assert main(["train", "tiny", "train.stepz=3", "--out", str(tmp_path / "x")]) == 2
     assert "train.stepz" in capsys.readouterr().err
     assert main(["train", "imagenet-f16", "--out", str(tmp_path / "y")]) == 2
@@ -82,6 +85,12 @@ def test_clear_errors(tmp_path, capsys):
     assert "/no/such/dir" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # a missing perceptual network stops before training, naming every place tried
+    assert main(["train", "tiny", *FAST, "loss.perceptual_weight=1", "loss.perceptual_net=vgg",
+                 "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "VAEVQ_VGG16_WEIGHTS" in err and "hub cache" in err
+    assert not (tmp_path / "p" / "checkpoints").exists()
 
 
 def test_python_dash_m_is_the_same_cli():
@@ -91,4 +100,28 @@ def test_python_dash_m_is_the_same_cli():
         assert command in out
     presets = subprocess.run([sys.executable, "-m", "vaevq", "presets"], capture_output=True,
                              text=True, check=True).stdout
-    assert "tiny" in presets and "imagenet-f16" in presets
+    assert "tiny" in presets and "imagenet-f16" in presets and "small" in presets
+
+
+@pytest.mark.slow
+def test_compare_writes_a_report_and_skips_finished_runs(tmp_path, capsys):
+    args = ["compare", "m0", "vaevq", "fsq", "model.ch=16", "model.z_channels=32", "eval.max_images=16",
+            "train.progress=false", "model.codebook_size=256", "--steps", "3", "--eval-points", "3",
+            "--out", str(tmp_path / "cmp")]
+    assert main(args) == 0
+    out = tmp_path / "cmp"
+    for name in ("results.md", "results.json", "bars.png", "utilization.png", "reconstructions.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["name"] for r in results] == ["m0", "vaevq", "fsq"]
+    assert [r["codebook_size"] for r in results] == [256, 256, 240]  # FSQ levels for 256: [8, 6, 5]
+    assert all(r["steps"] == 3 and r["train_s"] > 0 for r in results)
+    table = (out / "results.md").read_text()
+    for word in ("PSNR", "SSIM", "LPIPS", "utilization", "perplexity", "dead codes", "train time"):
+        assert word in table
+    curve = [json.loads(line) for line in (out / "vaevq" / "log.jsonl").read_text().splitlines()
+             if "eval/utilization" in line]
+    assert [c["step"] for c in curve] == [1, 2, 3]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 3

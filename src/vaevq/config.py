@@ -29,7 +29,31 @@ class LossConfig:
     rcs_form: str = "paper"  # paper: sigma detached, sum over d | released: not detached, mean
     dcr_weight: float = 0.1
     kl_weight: float = 1e-6
-    commitment_beta: float = 0.25  # only for the plain `vq` quantizer
+    commitment_beta: float = 0.25  # beta of the commitment term (vq, its variants, lfq; vlq with codebook_weight)
+    codebook_weight: float = 0.0  # vlq only: VQGAN's codebook + beta commitment losses on the sample (M1, M3)
+    perceptual_weight: float = 0.0  # LPIPS on both decoding paths (combined as rec_paths); 0 disables
+    perceptual_net: str = "vgg-shift-tolerant"  # vgg-shift-tolerant (offline) | vgg (LPIPS v0.1)
+    perceptual_weights: str | None = None  # explicit weight file (else $VAEVQ_LPIPS_WEIGHTS, package, cache)
+    perceptual_trunk_weights: str | None = None  # net=vgg: torchvision VGG16 file (else $VAEVQ_VGG16_WEIGHTS)
+
+
+@dataclass
+class GANConfig:
+    """PatchGAN adversarial training (VQGAN). Both reconstructions are judged (see docs/design.md)."""
+
+    weight: float = 0.0  # 0 disables the adversarial term and the discriminator
+    adaptive: bool = True  # VQGAN's adaptive weight (gradient-norm ratio at the decoder's last layer)
+    max_adaptive: float = 1e4  # clamp of the adaptive weight
+    start: int = 0  # step at which the adversarial term and discriminator training begin
+    disc_loss: str = "hinge"  # hinge | vanilla
+    gen_loss: str = "hinge"  # hinge (-mean D) | non-saturating (softplus(-D))
+    norm: str = "batch"  # batch | group
+    layers: int = 3
+    channels: int = 64
+    lr: float = 0.0  # 0: train.lr
+    betas: tuple[float, float] = (0.5, 0.9)
+    lecam_weight: float = 0.0  # LeCam regularization of the discriminator; 0 disables
+    lecam_decay: float = 0.99
 
 
 @dataclass
@@ -53,6 +77,17 @@ class ModelConfig:
     logvar_min: float = -30.0
     logvar_max: float = 20.0
     search_block: int = 1024  # codes per block of the nearest-code search
+    # baselines (SPEC §3); each key is used only by its quantizer
+    ema_codebook_decay: float = 0.99  # ema: decay of the cluster sizes and sums
+    ema_eps: float = 1e-5  # ema: Laplace smoothing
+    softvq_tau: float = 1.0  # softvq: temperature of softmax(-||z - e||^2 / tau)
+    fsq_levels: tuple[int, ...] = ()  # fsq: levels per channel; () picks the FSQ paper's for codebook_size
+    lfq_entropy_weight: float = 0.1  # lfq: weight of the entropy loss
+    lfq_diversity: float = 1.0  # lfq: weight of the codebook (batch) entropy inside it
+    lfq_temperature: float = 1.0  # lfq: temperature of the code distribution
+    lc_features: str = "effnet-lite0"  # lc: effnet-lite0 (offline), or a .pt/.npy file of (N, F) features
+    lc_max_features: int = 20000  # lc: feature vectors sampled for k-means
+    lc_kmeans_iters: int = 20  # lc: Lloyd iterations
 
 
 @dataclass
@@ -93,6 +128,7 @@ class EvalConfig:
     batch_size: int = 64
     max_images: int = 0  # 0: the whole evaluation split
     grid_images: int = 8
+    lpips_net: str | None = "vgg-shift-tolerant"  # LPIPS metric network; null disables
 
 
 @dataclass
@@ -100,6 +136,7 @@ class Config:
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -296,6 +333,11 @@ def finalize(config: Config) -> Config:
         "model.estimator": (config.model.estimator, ("straight-through", "released")),
         "data.source": (config.data.source, ("builtin", "imagefolder")),
         "train.schedule": (config.train.schedule, ("cosine", "constant")),
+        "loss.perceptual_net": (config.loss.perceptual_net, ("vgg-shift-tolerant", "vgg")),
+        "gan.disc_loss": (config.gan.disc_loss, ("hinge", "vanilla")),
+        "gan.gen_loss": (config.gan.gen_loss, ("hinge", "non-saturating")),
+        "gan.norm": (config.gan.norm, ("batch", "group")),
+        "eval.lpips_net": (config.eval.lpips_net, ("vgg-shift-tolerant", "vgg", None)),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -310,6 +352,7 @@ def finalize(config: Config) -> Config:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive; got {value}")
+    _finalize_quantizer(config)
     if not config.model.ch_mult:
         raise ConfigError("model.ch_mult must have at least one entry")
     factor = 2 ** (len(config.model.ch_mult) - 1)
@@ -319,3 +362,27 @@ def finalize(config: Config) -> Config:
             f"factor {factor} of model.ch_mult {list(config.model.ch_mult)}"
         )
     return config
+
+
+def _finalize_quantizer(config: Config) -> None:
+    """Implicit-codebook quantizers: derive latent_dim (and FSQ's levels) from the codebook size."""
+    m = config.model
+    if m.quantizer == "fsq":
+        from vaevq.quantizers.baselines import fsq_levels_for
+
+        if not m.fsq_levels:
+            try:
+                m.fsq_levels = fsq_levels_for(m.codebook_size)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        if any(level < 2 for level in m.fsq_levels):
+            raise ConfigError(f"model.fsq_levels must all be >= 2; got {list(m.fsq_levels)}")
+        m.latent_dim = len(m.fsq_levels)
+        m.codebook_size = 1
+        for level in m.fsq_levels:
+            m.codebook_size *= level
+    elif m.quantizer == "lfq":
+        k = m.codebook_size
+        if k < 2 or k & (k - 1):
+            raise ConfigError(f"model.quantizer=lfq needs a power-of-two model.codebook_size; got {k}")
+        m.latent_dim = k.bit_length() - 1

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
+  vaevq compare m0 m1 m2 m3 vaevq --steps 600 --out runs/ablation
   vaevq train tiny --out runs/tiny
   vaevq train tiny train.steps=2000 model.codebook_size=1024 --out runs/tiny-1k
   vaevq train imagenet-f16 data.root=/data/imagenet --out runs/f16
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", metavar="IMAGE_DIR")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--which", choices=["last", "best"], default="last")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+    p = sub.add_parser("compare", help="train presets at the same budget and seed, then one report")
+    p.add_argument("presets", nargs="+", metavar="PRESET_OR_key=value",
+                   help="presets to compare (e.g. m0 m1 m2 m3 vaevq vq ema simvq); key=value items "
+                        "apply to every run (e.g. model.codebook_size=16384)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--data", metavar="built-in|PATH", default=None, help="training data for every run")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every run (default: preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-points", type=int, default=6, help="evaluations during training (utilization plot)")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
     sub.add_parser("presets", help="list the presets shipped in the package")
@@ -117,6 +129,7 @@ def _run_dir_of(checkpoint: Path) -> Path:
 def cmd_eval(args) -> int:
     from vaevq.data import build_eval_dataset
     from vaevq.fileio import atomic_write_text
+    from vaevq.perceptual import LPIPS
     from vaevq.training import evaluate, load_model
 
     device = _device(args)
@@ -124,8 +137,9 @@ def cmd_eval(args) -> int:
     config = model.config
     dataset = build_eval_dataset(config, args.data)
     batch = args.batch_size or config.eval.batch_size
+    lpips = LPIPS(config.eval.lpips_net) if config.eval.lpips_net else None
     metrics = evaluate(model, dataset, batch_size=batch, max_images=args.max_images,
-                       device=device, progress=True)
+                       device=device, progress=True, lpips=lpips)
     data_name = args.data or ("built-in held-out photos (scikit-learn china.jpg, flower.jpg)"
                               if config.data.source == "builtin" else f"{config.data.root} (held out)")
     result = {"checkpoint": str(args.checkpoint), "data": data_name,
@@ -138,6 +152,8 @@ def cmd_eval(args) -> int:
     ]
     if "psnr_continuous" in metrics:
         rows.append(("PSNR continuous path (dB)", f"{metrics['psnr_continuous']:.3f}"))
+    if "lpips" in metrics:
+        rows.append((f"LPIPS ({metrics['lpips_net']})", f"{metrics['lpips']:.4f}"))
     rows += [
         ("codebook utilization", f"{metrics['utilization']:.4f} "
                                  f"({metrics['used_codes']}/{config.model.codebook_size} codes)"),
@@ -150,6 +166,16 @@ def cmd_eval(args) -> int:
     out = _run_dir_of(Path(args.checkpoint)) / "eval" / "metrics.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from vaevq.compare import compare
+
+    presets = [p for p in args.presets if "=" not in p]
+    overrides = [p for p in args.presets if "=" in p]
+    compare(presets, args.out, data=args.data, steps=args.steps, seed=args.seed, overrides=overrides,
+            eval_points=args.eval_points, device=args.device)
     return 0
 
 
@@ -237,6 +263,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "reconstruct": cmd_reconstruct,
     "encode": cmd_encode,
+    "compare": cmd_compare,
     "presets": cmd_presets,
 }
 

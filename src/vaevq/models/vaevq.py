@@ -69,7 +69,9 @@ class VAEVQ(nn.Module):
             with torch.no_grad():
                 self.quant_conv.bias[m.latent_dim :].fill_(m.logvar_init)
         self.post_quant_conv = nn.Conv2d(m.latent_dim, m.z_channels, 1)
-        self.decoder = Decoder(out_channels=m.in_channels, z_channels=m.z_channels, **arch)
+        # Mo-VQGAN: the decoder's normalization layers are modulated by the quantized latent
+        self.decoder = Decoder(out_channels=m.in_channels, z_channels=m.z_channels,
+                               zq_channels=m.latent_dim if m.quantizer == "movq" else None, **arch)
 
     # ------------------------------------------------------------------ construction
 
@@ -106,7 +108,8 @@ class VAEVQ(nn.Module):
 
     @property
     def codebook(self):
-        return self.quantizer.codebook
+        """The quantizer's explicit codebook (None for FSQ and LFQ, whose codes are implicit)."""
+        return getattr(self.quantizer, "codebook", None)
 
     def _check_input(self, x: torch.Tensor) -> None:
         m = self.config.model
@@ -123,7 +126,7 @@ class VAEVQ(nn.Module):
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) continuous or quantized latent -> image (B, C, H, W)."""
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z), zq=z if self.decoder.modulated else None)
 
     # ------------------------------------------------------------------ public API
 
@@ -160,7 +163,7 @@ class VAEVQ(nn.Module):
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Token ids (B, h, w) -> images (B, C, H, W)."""
-        return self.decode_latent(self.codebook.lookup(indices))
+        return self.decode_latent(self.quantizer.lookup(indices))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,37 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
-class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+class _Condition:
+    """Holds the decoder's conditioning map (z_q) while a MoVQ decoder runs (not a module)."""
+
+    zq: torch.Tensor | None = None
+
+
+class SpatialNorm(nn.Module):
+    """MoVQ's spatially conditional normalization: GroupNorm(f) * conv_y(z_q) + conv_b(z_q),
+    with z_q resized (nearest) to the feature map."""
+
+    def __init__(self, channels: int, zq_channels: int, condition: _Condition):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm = group_norm(channels)
+        self.conv_y = nn.Conv2d(zq_channels, channels, 1)
+        self.conv_b = nn.Conv2d(zq_channels, channels, 1)
+        self._condition = [condition]  # a list, so the holder is not registered as a submodule
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        zq = self._condition[0].zq
+        if zq is None:
+            raise RuntimeError("a MoVQ decoder needs z_q: call Decoder(features, zq=z_q)")
+        zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
+        return self.norm(f) * self.conv_y(zq) + self.conv_b(zq)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, norm=group_norm):
+        super().__init__()
+        self.norm1 = norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = (
@@ -37,9 +62,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions of a feature map."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm=group_norm):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -126,7 +151,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent features (B, z_channels, h, w) -> image (B, out_channels, h*f, w*f)."""
+    """Latent features (B, z_channels, h, w) -> image (B, out_channels, h*f, w*f).
+
+    With ``zq_channels`` (Mo-VQGAN) every normalization layer is a :class:`SpatialNorm`
+    modulated by the quantized latent passed as ``forward(features, zq=z_q)``.
+    """
 
     def __init__(
         self,
@@ -139,29 +168,37 @@ class Decoder(nn.Module):
         dropout: float,
         resolution: int,
         z_channels: int,
+        zq_channels: int | None = None,
     ):
         super().__init__()
+        self._condition = _Condition()
+        self.modulated = zq_channels is not None
+        if self.modulated:
+            def norm(channels: int) -> nn.Module:
+                return SpatialNorm(channels, zq_channels, self._condition)
+        else:
+            norm = group_norm
         c = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)
         self.conv_in = nn.Conv2d(z_channels, c, 3, padding=1)
         self.mid = nn.Sequential(
-            ResnetBlock(c, c, dropout), AttnBlock(c), ResnetBlock(c, c, dropout)
+            ResnetBlock(c, c, dropout, norm), AttnBlock(c, norm), ResnetBlock(c, c, dropout, norm)
         )
         self.up = nn.ModuleList()
         for level in reversed(range(len(ch_mult))):
             c_out = ch * ch_mult[level]
             blocks, attns = [], []
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(c, c_out, dropout))
+                blocks.append(ResnetBlock(c, c_out, dropout, norm))
                 c = c_out
                 if res in attn_resolutions:
-                    attns.append(AttnBlock(c_out))
+                    attns.append(AttnBlock(c_out, norm))
             stage = _stage(blocks, attns)
             if level != 0:
                 stage["upsample"] = Upsample(c_out)
                 res *= 2
             self.up.append(stage)
-        self.norm_out = group_norm(c)
+        self.norm_out = norm(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     @property
@@ -169,13 +206,19 @@ class Decoder(nn.Module):
         """Weight of the final convolution (used by the adaptive GAN weight)."""
         return self.conv_out.weight
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
-        for stage in self.up:
-            for i, block in enumerate(stage["block"]):
-                h = block(h)
-                if len(stage["attn"]):
-                    h = stage["attn"][i](h)
-            if "upsample" in stage:
-                h = stage["upsample"](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+    def forward(self, z: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
+        if self.modulated and zq is None:
+            raise ValueError("this decoder is modulated by z_q (Mo-VQGAN): pass zq")
+        self._condition.zq = zq
+        try:
+            h = self.mid(self.conv_in(z))
+            for stage in self.up:
+                for i, block in enumerate(stage["block"]):
+                    h = block(h)
+                    if len(stage["attn"]):
+                        h = stage["attn"][i](h)
+                if "upsample" in stage:
+                    h = stage["upsample"](h)
+            return self.conv_out(F.silu(self.norm_out(h)))
+        finally:
+            self._condition.zq = None

@@ -31,14 +31,16 @@ class Codebook(nn.Module):
     from indices always sees exactly what training saw.
     """
 
-    def __init__(self, size: int, dim: int, projection: bool = False, init: str = "uniform"):
+    def __init__(self, size: int, dim: int, projection: bool = False, init: str = "uniform",
+                 basis_dim: int | None = None):
         super().__init__()
         self.size, self.dim = size, dim
-        self.embedding = nn.Parameter(torch.empty(size, dim))
+        basis_dim = basis_dim or dim  # VQGAN-LC: a frozen basis of pretrained features, projected to d
+        self.embedding = nn.Parameter(torch.empty(size, basis_dim if projection else dim))
         if projection:
-            nn.init.normal_(self.embedding, std=dim**-0.5)
+            nn.init.normal_(self.embedding, std=basis_dim**-0.5)
             self.embedding.requires_grad_(False)
-            self.projection: nn.Module = nn.Linear(dim, dim)
+            self.projection: nn.Module = nn.Linear(basis_dim, dim)
         else:
             if init == "normal":
                 nn.init.normal_(self.embedding)  # the N(0, I) prior that DCR pulls towards
@@ -67,6 +69,28 @@ class Codebook(nn.Module):
         b, _, h, w = z.shape
         flat = rearrange(z.detach(), "b d h w -> (b h w) d")
         return nearest_code(flat, vectors.detach(), code_block=block).view(b, h, w)
+
+
+class CodebookQuantizer(nn.Module):
+    """A quantizer with an explicit :class:`Codebook`: token ids index its rows.
+
+    Every quantizer (explicit codebook or not) provides ``codebook_size``, ``lookup(indices)``
+    (ids -> the latent the decoder receives), ``variational`` and ``in_channels_factor``.
+    """
+
+    variational = False
+    codebook: Codebook
+
+    @property
+    def in_channels_factor(self) -> int:
+        return 1
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebook.size
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook.lookup(indices)
 
 
 QuantizerFactory = Callable[..., nn.Module]

@@ -6,11 +6,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vaevq.config import LossConfig, ModelConfig
 from vaevq.losses.vaevq_losses import dcr_loss, kl_loss, rcs_loss, rcs_loss_released
-from vaevq.quantizers.base import Codebook, QuantizerOutput, register_quantizer
+from vaevq.quantizers.base import Codebook, CodebookQuantizer, QuantizerOutput, register_quantizer
 
 
 def straight_through(z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
@@ -31,11 +30,12 @@ def _weighted(terms: dict[str, tuple[float, Callable[[], torch.Tensor]]]) -> dic
 
 
 @register_quantizer("vlq")
-class VariationalLatentQuantizer(nn.Module):
+class VariationalLatentQuantizer(CodebookQuantizer):
     """Encoder features (B, 2d, h, w) -> posterior (mu, logvar), sample, nearest code.
 
     Loss terms, each multiplied by its weight from the config: ``rcs`` (paper eq. 7, or the
-    released form), ``dcr`` (paper eq. 11, on the effective codebook), ``kl``.
+    released form), ``dcr`` (paper eq. 11, on the effective codebook), ``kl``, and for the
+    ablations without RCS VQGAN's ``codebook`` and ``commit`` terms on what was quantized.
     """
 
     variational = True
@@ -71,6 +71,9 @@ class VariationalLatentQuantizer(nn.Module):
             z_q_decoder = straight_through(z, z_q)
         rcs = rcs_loss_released if self.loss.rcs_form == "released" else rcs_loss
         losses = _weighted({
+            "codebook": (self.loss.codebook_weight, lambda: F.mse_loss(z_q, z.detach())),
+            "commit": (self.loss.codebook_weight * self.loss.commitment_beta,
+                       lambda: F.mse_loss(z, z_q.detach())),
             "rcs": (self.loss.rcs_weight, lambda: rcs(z_q, mu, logvar)),
             "dcr": (self.loss.dcr_weight, lambda: dcr_loss(vectors)),
             "kl": (self.loss.kl_weight, lambda: kl_loss(mu, logvar)),
@@ -79,21 +82,17 @@ class VariationalLatentQuantizer(nn.Module):
 
 
 @register_quantizer("vq")
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(CodebookQuantizer):
     """VQGAN: nearest code, straight-through, codebook + beta * commitment loss (non-legacy)."""
 
     variational = False
 
-    def __init__(self, model: ModelConfig, loss: LossConfig):
+    def __init__(self, model: ModelConfig, loss: LossConfig, projection: bool | None = None):
         super().__init__()
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection,
-                                 model.codebook_init)
+        projection = model.codebook_projection if projection is None else projection
+        self.codebook = Codebook(model.codebook_size, model.latent_dim, projection, model.codebook_init)
         self.search_block = model.search_block
         self.beta = loss.commitment_beta
-
-    @property
-    def in_channels_factor(self) -> int:
-        return 1
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         vectors = self.codebook.vectors()

@@ -21,18 +21,22 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    lpips=None,
 ) -> dict[str, float]:
     """Reconstruct every image (each rank a disjoint shard) and reduce over ranks.
 
     Returns psnr and ssim (means of per-image values, on the quantized reconstruction),
     psnr_continuous (the continuous path, variational models only), utilization,
-    perplexity, used_codes, dead_codes, tokens and images.
+    perplexity, used_codes, dead_codes, tokens and images; with an ``lpips`` module also
+    ``lpips`` (mean per-image distance of the quantized reconstruction) and ``lpips_net``.
     """
     n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     shard = Subset(dataset, list(range(rank, n, world_size)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
-    usage = CodebookUsage(model.config.model.codebook_size)
-    sums = torch.zeros(4, dtype=torch.float64)  # psnr, ssim, psnr_continuous, images
+    usage = CodebookUsage(model.quantizer.codebook_size)
+    sums = torch.zeros(5, dtype=torch.float64)  # psnr, ssim, psnr_continuous, images, lpips
+    if lpips is not None:
+        lpips = lpips.to(device)
     for x in tqdm(loader, desc="eval", disable=not progress, leave=False):
         x = x.to(device)
         out = model.reconstruct_paths(x)
@@ -42,12 +46,17 @@ def evaluate(
         if out.rec_c is not None:
             sums[2] += psnr(x, out.rec_c).sum().cpu()
         sums[3] += x.shape[0]
+        if lpips is not None:
+            sums[4] += lpips(x, out.rec_q).sum().cpu()
     sums = all_reduce_sum(sums)
     usage.all_reduce()
     images = max(int(sums[3]), 1)
     metrics = {"psnr": float(sums[0]) / images, "ssim": float(sums[1]) / images}
     if model.quantizer.variational:
         metrics["psnr_continuous"] = float(sums[2]) / images
+    if lpips is not None:
+        metrics["lpips"] = float(sums[4]) / images
+        metrics["lpips_net"] = lpips.net_name
     metrics.update(usage.summary())
     metrics["images"] = int(sums[3])
     return metrics

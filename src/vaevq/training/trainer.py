@@ -20,6 +20,7 @@ from vaevq.config import Config
 from vaevq.data import StepBatchSampler, build_datasets
 from vaevq.fileio import atomic_write_text
 from vaevq.models import VAEVQ
+from vaevq.perceptual import LPIPS
 from vaevq.training.checkpoint import (
     BEST,
     LAST,
@@ -30,6 +31,7 @@ from vaevq.training.checkpoint import (
 from vaevq.training.distributed import DistInfo, barrier, init_distributed
 from vaevq.training.evaluate import evaluate
 from vaevq.training.images import reconstruction_grid
+from vaevq.training.objective import Objective
 
 
 def lr_lambda(config: Config, total_steps: int):
@@ -107,11 +109,30 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = VAEVQ(config).to(self.dist.device)
+        resuming = resume and (checkpoint_dir(self.run_dir) / LAST).is_file()
+        if not resuming:
+            self._initialize_codebook()
         self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
+        # perceptual and adversarial terms; the discriminator has its own optimizer and schedule
+        self.objective = Objective(config).to(self.dist.device)
+        # (its learning rate follows the same schedule, set from the step before each D step)
+        self.disc_optimizer = None
+        self.disc_lr = config.gan.lr if config.gan.lr > 0 else t.lr
+        self.lr_factor = lr_lambda(config, self.total_steps)
+        if self.objective.adversarial:
+            self.disc_optimizer = torch.optim.Adam(self.objective.discriminator_parameters(),
+                                                   lr=self.disc_lr, betas=config.gan.betas)
+        self.lpips_metric = None
+        if config.eval.lpips_net:
+            self.lpips_metric = (self.objective.perceptual
+                                 if self.objective.perceptual is not None
+                                 and self.objective.perceptual.net_name == config.eval.lpips_net
+                                 else LPIPS(config.eval.lpips_net).to(self.dist.device))
         self.step = 0
+        self.elapsed = 0.0  # seconds spent in training steps (not evaluation), over all resumes
         self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
         self.resumed_from: int | None = None
         if resume and (checkpoint_dir(self.run_dir) / LAST).is_file():
@@ -119,6 +140,25 @@ class Trainer:
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank]
                                             if self.dist.device.type == "cuda" else None)
                     if self.dist.enabled else self.model)
+
+    def _initialize_codebook(self) -> None:
+        """Quantizers whose codebook comes from data (VQGAN-LC): computed on rank 0, broadcast."""
+        q = self.model.quantizer
+        if not (hasattr(q, "needs_initialization") and q.needs_initialization()):
+            return
+        if self.dist.is_main:
+            n = min(len(self.train_set), q.images_needed())
+            gen = torch.Generator().manual_seed(self.config.train.seed)
+            order = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()  # spread over all images
+            batches = (torch.stack([self.train_set[i] for i in order[s:s + 32]]).to(self.dist.device)
+                       for s in range(0, n, 32))
+            start = time.perf_counter()
+            q.initialize_from(q.source, batches, seed=self.config.train.seed)
+            self.print(f"[vaevq] LC codebook: k-means of {q.source} features of {n} training images into "
+                       f"{q.codebook.size} codes in {time.perf_counter() - start:.1f} s")
+        if self.dist.enabled:
+            torch.distributed.broadcast(q.codebook.embedding.data, 0)
+            torch.distributed.broadcast(q.initialized, 0)
 
     # ------------------------------------------------------------------ state
 
@@ -131,6 +171,17 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
             "best": self.best,
+            "elapsed": self.elapsed,
+            **self._adversarial_state(),
+        }
+
+    def _adversarial_state(self) -> dict[str, Any]:
+        if not self.objective.adversarial:
+            return {}
+        return {
+            "discriminator": self.objective.discriminator.state_dict(),
+            "lecam": self.objective.lecam.state_dict() if self.objective.lecam is not None else None,
+            "disc_optimizer": self.disc_optimizer.state_dict(),
         }
 
     def _restore(self, path: Path) -> None:
@@ -142,7 +193,16 @@ class Trainer:
             if state.get("ema") is None:
                 raise ValueError(f"{path} has no weight EMA but train.ema_decay is set")
             self.ema.model.load_state_dict(state["ema"])
+        if self.objective.adversarial:
+            if state.get("discriminator") is None:
+                raise ValueError(f"{path} has no discriminator state but gan.weight is set; "
+                                 "start a new run directory")
+            self.objective.discriminator.load_state_dict(state["discriminator"])
+            if self.objective.lecam is not None and state.get("lecam") is not None:
+                self.objective.lecam.load_state_dict(state["lecam"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
         self.best = state.get("best", self.best)
         self.resumed_from = self.step
 
@@ -183,8 +243,9 @@ class Trainer:
         e = self.config.eval
         metrics = evaluate(self.eval_model(), self.eval_set, batch_size=e.batch_size,
                            max_images=e.max_images, device=self.dist.device,
-                           rank=self.dist.rank, world_size=self.dist.world_size)
-        self.log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+                           rank=self.dist.rank, world_size=self.dist.world_size, lpips=self.lpips_metric)
+        self.log({"step": self.step, "train_s": round(self.elapsed, 3),
+                  **{f"eval/{k}": v for k, v in metrics.items()}})
         value = metrics.get(self.best["metric"])
         if value is not None and (self.best["value"] is None or value > self.best["value"]):
             self.best = {"metric": self.best["metric"], "value": value, "step": self.step}
@@ -237,7 +298,9 @@ class Trainer:
             for batch in self._loader():
                 # the step's noise (VLQ samples, dropout) is a function of (seed, step, rank)
                 torch.manual_seed((t.seed * 1_000_003 + self.step) * 131 + self.dist.rank)
+                step_start = time.perf_counter()
                 losses = self._train_step(batch.to(self.dist.device, non_blocking=True))
+                self.elapsed += time.perf_counter() - step_start
                 self.step += 1
                 seen += batch.shape[0] * self.dist.world_size
                 bar.update(1)
@@ -273,19 +336,33 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor) -> dict[str, float]:
         out = self.ddp(x)
-        losses = {k: float(v.detach()) for k, v in out.losses.items()}
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
-                                     "checkpoint is untouched")
+        terms = self.objective.generator_losses(x, out, self.model.decoder.last_layer, self.step)
+        losses = {k: float(v.detach()) for k, v in terms.items()}
+        self._check_finite(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        out.losses["total"].backward()
+        terms["total"].backward()
         if self.config.train.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        if self.objective.adversarial_active(self.step):
+            d_terms = self.objective.discriminator_loss(x, out)
+            d_losses = {k: float(v.detach()) for k, v in d_terms.items()}
+            self._check_finite(d_losses)
+            for group in self.disc_optimizer.param_groups:
+                group["lr"] = self.disc_lr * self.lr_factor(self.step)
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_terms["d_total"].backward()
+            self.disc_optimizer.step()
+            losses.update(d_losses)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         return losses
+
+    def _check_finite(self, losses: dict[str, float]) -> None:
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
+                                     "checkpoint is untouched")
 
 def _short(metrics: dict[str, float]) -> str:
     keys = ("psnr", "ssim", "utilization", "perplexity")
