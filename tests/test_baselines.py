@@ -250,8 +250,10 @@ def test_lc_codebook_from_a_custom_module_and_from_a_feature_file(tmp_path):
     assert other.feature_dim == 24
     other.initialize_from(str(tmp_path / "f.pt"), [])
     assert other.codebook.vectors().shape == (16, 16)
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(ConfigError, match="nope.pt does not exist"):
         vaevq.VAEVQ.from_preset("tiny", SMALL + ["model.quantizer=lc", "model.lc_features=/nope.pt"])
+    assert load_config("tiny", ["model.quantizer=lc", f"model.lc_features={tmp_path / 'f.pt'}"]
+                       ).model.lc_feature_dim == 24  # recorded, so a trained model loads without the file
 
 
 def test_effnet_lite0_weights_load_and_classify_real_photos():

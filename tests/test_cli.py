@@ -125,3 +125,15 @@ def test_compare_writes_a_report_and_skips_finished_runs(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 3
+
+
+@pytest.mark.slow
+def test_sweep_codebook_plots_metrics_against_k(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep-codebook", "tiny", "model.ch=16", "model.z_channels=32", "eval.max_images=16",
+                 "train.progress=false", "--sizes", "64", "128", "--steps", "2", "--eval-points", "1",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "sweep.json").read_text())["results"]
+    assert [r["codebook_size"] for r in data] == [64, 128]
+    assert all("fid_effnet" in r["metrics"] for r in data)
+    assert (out / "sweep.png").is_file() and "fid-effnet" in (out / "sweep.md").read_text()

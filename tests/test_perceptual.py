@@ -31,6 +31,7 @@ def _isolated_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("VAEVQ_OFFLINE", raising=False)  # downloads here go to 127.0.0.1 or file://
     monkeypatch.delenv("VAEVQ_LPIPS_WEIGHTS", raising=False)
+    monkeypatch.delenv("VAEVQ_STLPIPS_WEIGHTS", raising=False)
     monkeypatch.delenv("VAEVQ_VGG16_WEIGHTS", raising=False)
 
 
@@ -229,8 +230,8 @@ def test_missing_weights_name_every_place_tried(monkeypatch):
     msg = str(err.value)
     assert "$VAEVQ_VGG16_WEIGHTS" in msg and "hub cache" in msg and "download" in msg
     assert "vgg16-397923af.pth" in msg
-    monkeypatch.setenv("VAEVQ_LPIPS_WEIGHTS", "/nonexistent/heads.pth")
-    with pytest.raises(W.WeightsNotFoundError, match="/nonexistent/heads.pth"):
+    monkeypatch.setenv("VAEVQ_STLPIPS_WEIGHTS", "/nonexistent/st.pth")
+    with pytest.raises(W.WeightsNotFoundError, match="/nonexistent/st.pth"):
         LPIPS("vgg-shift-tolerant")
     with pytest.raises(W.WeightsNotFoundError, match="explicitly"):
         LPIPS("vgg-shift-tolerant", weights="/nonexistent/file.pth")

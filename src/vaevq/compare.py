@@ -19,6 +19,7 @@ from vaevq.config import Config, load_config
 from vaevq.fileio import atomic_write, atomic_write_text
 
 COLUMNS = [("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
+           ("fid_effnet", "fid-effnet", "{:.1f}"),
            ("utilization", "utilization", "{:.3f}"), ("perplexity", "perplexity", "{:.1f}"),
            ("dead_codes", "dead codes", "{:d}"), ("train_s", "train time (s)", "{:.0f}")]
 
@@ -92,6 +93,9 @@ def results_table(results: list[dict[str, Any]], data_name: str, resolution: int
              "token ids over the whole split; train time is the time spent in training steps."]
     if lpips:
         notes.append(f"LPIPS network: {', '.join(sorted(lpips))}.")
+    if any("fid_effnet" in r["metrics"] for r in results):
+        notes.append("fid-effnet: Frechet distance on ImageNet EfficientNet-Lite0 features of the held-out "
+                     "originals vs reconstructions; not comparable with published FID.")
     return "\n".join([head, rule, *rows, "", *notes]) + "\n"
 
 
@@ -186,4 +190,55 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
     reconstruction_sheet(presets, [out / p for p in presets], images, out / "reconstructions.png")
     print(table)
     print(f"[compare] wrote {out / 'results.md'}, results.json, bars.png, utilization.png, reconstructions.png")
+    return results
+
+
+DEFAULT_SIZES = (4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def sweep_codebook(preset: str, out: str | Path, sizes: tuple[int, ...] = DEFAULT_SIZES, data: str | None = None,
+                   steps: int | None = None, seed: int = 0, overrides: list[str] | None = None,
+                   eval_points: int = 4, device: str | None = None) -> list[dict[str, Any]]:
+    """Train ``preset`` at every codebook size (same steps and seed) and plot utilization, PSNR and
+    fid-effnet against K (the analogue of the paper's Fig. 7). Finished sizes are skipped."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for k in sizes:
+        config = compare_config(preset, data, steps, seed, [*(overrides or []), f"model.codebook_size={k}"],
+                                eval_points)
+        print(f"[sweep] {preset} K {k}: {config.train.steps} steps")
+        results.append(run_one(f"K{k}", config, out / f"K{k}", device))
+    first = compare_config(preset, data, steps, seed, overrides or [], eval_points)
+    data_name = ("built-in held-out photos (scikit-learn china.jpg, flower.jpg)"
+                 if first.data.source == "builtin" else f"{first.data.root} (held out)")
+    table = results_table(results, data_name, first.data.resolution, results[0]["metrics"].get("images", 0))
+    fid = ["n/a" if r["metrics"].get("fid_effnet") is None else f"{r['metrics']['fid_effnet']:.2f}"
+           for r in results]
+    fid_line = "fid-effnet (EfficientNet-Lite0; not comparable with published FID): " + ", ".join(
+        f"K {r['codebook_size']}: {f}" for r, f in zip(results, fid))
+    command = f"vaevq sweep-codebook {preset} --sizes {' '.join(map(str, sizes))} --out {out}" + \
+        (f" --steps {steps}" if steps else "")
+    atomic_write_text(out / "sweep.md", f"# Codebook size sweep\n\n`{command}`\n\n{table}\n{fid_line}\n\n"
+                      "![metrics against K](sweep.png)\n")
+    atomic_write_text(out / "sweep.json", json.dumps(
+        {"command": command, "results": [{k: v for k, v in r.items() if k != "config"} for r in results]},
+        indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    ks = [r["codebook_size"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, key, label in zip(axes, ("utilization", "psnr", "fid_effnet"),
+                              ("held-out utilization", "PSNR (dB)", "fid-effnet")):
+        ax.plot(ks, [r["metrics"].get(key, float("nan")) for r in results], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("codebook size K")
+        ax.set_title(label)
+    fig.tight_layout()
+    atomic_write(out / "sweep.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    print(table + fid_line)
     return results

@@ -33,7 +33,7 @@ class LossConfig:
     codebook_weight: float = 0.0  # vlq only: VQGAN's codebook + beta commitment losses on the sample (M1, M3)
     perceptual_weight: float = 0.0  # LPIPS on both decoding paths (combined as rec_paths); 0 disables
     perceptual_net: str = "vgg-shift-tolerant"  # vgg-shift-tolerant (offline) | vgg (LPIPS v0.1)
-    perceptual_weights: str | None = None  # explicit weight file (else $VAEVQ_LPIPS_WEIGHTS, package, cache)
+    perceptual_weights: str | None = None  # explicit file (else $VAEVQ_STLPIPS_WEIGHTS, package, ...)
     perceptual_trunk_weights: str | None = None  # net=vgg: torchvision VGG16 file (else $VAEVQ_VGG16_WEIGHTS)
 
 
@@ -86,6 +86,7 @@ class ModelConfig:
     lfq_diversity: float = 1.0  # lfq: weight of the codebook (batch) entropy inside it
     lfq_temperature: float = 1.0  # lfq: temperature of the code distribution
     lc_features: str = "effnet-lite0"  # lc: effnet-lite0 (offline), or a .pt/.npy file of (N, F) features
+    lc_feature_dim: int = 0  # lc: width F of a feature file (filled in from the file; 0 = not yet read)
     lc_max_features: int = 20000  # lc: feature vectors sampled for k-means
     lc_kmeans_iters: int = 20  # lc: Lloyd iterations
 
@@ -129,6 +130,9 @@ class EvalConfig:
     max_images: int = 0  # 0: the whole evaluation split
     grid_images: int = 8
     lpips_net: str | None = "vgg-shift-tolerant"  # LPIPS metric network; null disables
+    fid_effnet: bool = True  # Frechet distance on EfficientNet-Lite0 features (offline; not published FID)
+    rfid: bool = True  # standard rFID (FID InceptionV3); reported unavailable when its weights are absent
+    inception_weights: str | None = None  # explicit pt_inception-2015-12-05-6726825d.pth
 
 
 @dataclass
@@ -381,6 +385,13 @@ def _finalize_quantizer(config: Config) -> None:
         m.codebook_size = 1
         for level in m.fsq_levels:
             m.codebook_size *= level
+    elif m.quantizer == "lc" and m.lc_features != "effnet-lite0" and not m.lc_feature_dim:
+        from vaevq.quantizers.lc import load_feature_file
+
+        try:
+            m.lc_feature_dim = int(load_feature_file(m.lc_features).shape[1])
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     elif m.quantizer == "lfq":
         k = m.codebook_size
         if k < 2 or k & (k - 1):

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="which checkpoint of a run folder")
+    p.add_argument("--inception-weights", metavar="FILE",
+                   help="pt_inception-2015-12-05-6726825d.pth for rFID (else $VAEVQ_INCEPTION_WEIGHTS, "
+                        "the hub cache, or a download)")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
     p = sub.add_parser("reconstruct", help="write original | reconstruction PNGs")
@@ -70,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of every run (default: preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-points", type=int, default=6, help="evaluations during training (utilization plot)")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+    p = sub.add_parser("sweep-codebook", help="train one preset at several codebook sizes; plot metrics vs K")
+    p.add_argument("preset", metavar="PRESET_OR_YAML")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536, 131072])
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--data", metavar="built-in|PATH", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-points", type=int, default=4)
     p.add_argument("--device", choices=["cpu", "cuda"])
 
     sub.add_parser("presets", help="list the presets shipped in the package")
@@ -127,10 +141,15 @@ def _run_dir_of(checkpoint: Path) -> Path:
 
 
 def cmd_eval(args) -> int:
+    import torch
+
     from vaevq.data import build_eval_dataset
     from vaevq.fileio import atomic_write_text
+    from vaevq.metrics import CodebookUsage
     from vaevq.perceptual import LPIPS
     from vaevq.training import evaluate, load_model
+    from vaevq.training.evaluate import frechet_metrics
+    from vaevq.training.report import curves_png, grid_png, histogram_png, metric_rows, write_report
 
     device = _device(args)
     model = load_model(args.checkpoint, args.which).to(device)
@@ -138,34 +157,40 @@ def cmd_eval(args) -> int:
     dataset = build_eval_dataset(config, args.data)
     batch = args.batch_size or config.eval.batch_size
     lpips = LPIPS(config.eval.lpips_net) if config.eval.lpips_net else None
+    if args.inception_weights:
+        config.eval.inception_weights = args.inception_weights
+    frechet, notes = frechet_metrics(config.eval, device)
+    usage = CodebookUsage(model.quantizer.codebook_size)
     metrics = evaluate(model, dataset, batch_size=batch, max_images=args.max_images,
-                       device=device, progress=True, lpips=lpips)
-    data_name = args.data or ("built-in held-out photos (scikit-learn china.jpg, flower.jpg)"
-                              if config.data.source == "builtin" else f"{config.data.root} (held out)")
-    result = {"checkpoint": str(args.checkpoint), "data": data_name,
+                       device=device, progress=True, lpips=lpips, frechet=frechet, usage=usage)
+    if args.data in (None, "built-in", "builtin") and (args.data or config.data.source == "builtin"):
+        data_name, split = "built-in photos (scikit-learn china.jpg, flower.jpg)", "held out"
+    elif args.data:
+        data_name, split = str(args.data), "every image (center crops)"
+    else:
+        data_name, split = str(config.data.root), "held-out split of data.root"
+    result = {"checkpoint": str(args.checkpoint), "data": data_name, "split": split,
               "resolution": config.data.resolution, **metrics}
-    rows = [
-        ("data", data_name),
-        ("images", f"{metrics['images']} at {config.data.resolution}x{config.data.resolution}"),
-        ("PSNR (dB)", f"{metrics['psnr']:.3f}"),
-        ("SSIM", f"{metrics['ssim']:.4f}"),
-    ]
-    if "psnr_continuous" in metrics:
-        rows.append(("PSNR continuous path (dB)", f"{metrics['psnr_continuous']:.3f}"))
-    if "lpips" in metrics:
-        rows.append((f"LPIPS ({metrics['lpips_net']})", f"{metrics['lpips']:.4f}"))
-    rows += [
-        ("codebook utilization", f"{metrics['utilization']:.4f} "
-                                 f"({metrics['used_codes']}/{config.model.codebook_size} codes)"),
-        ("perplexity", f"{metrics['perplexity']:.2f}"),
-        ("dead codes", str(metrics["dead_codes"])),
-        ("tokens", str(metrics["tokens"])),
-    ]
+    if "rfid" in notes:
+        result["rfid_unavailable"] = notes["rfid"] + "\n" + notes["rfid_detail"]
+    rows = metric_rows(metrics, data_name, split, config.data.resolution, notes)
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    out = _run_dir_of(Path(args.checkpoint)) / "eval" / "metrics.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    run_dir = _run_dir_of(Path(args.checkpoint))
+    out = run_dir / "eval"
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    n = min(config.eval.grid_images, len(dataset))
+    picks = torch.linspace(0, len(dataset) - 1, n).long().tolist()
+    images = torch.stack([dataset[i] for i in picks]).to(device)
+    md, page = write_report(
+        out, f"vaevq evaluation: {run_dir.name} ({config.name}, {config.model.quantizer}, "
+             f"K {model.quantizer.codebook_size})", rows,
+        {"reconstructions": grid_png(model, images), "code_histogram": histogram_png(usage.counts),
+         "training_curves": curves_png(run_dir / "log.jsonl")},
+        {"reconstructions": "originals, continuous path (variational models), quantized path",
+         "code_histogram": "code frequencies on the evaluation data, sorted (log scale)",
+         "training_curves": "training losses and held-out utilization from log.jsonl"})
+    print(f"wrote {out / 'metrics.json'}, {md}, {page}")
     return 0
 
 
@@ -176,6 +201,14 @@ def cmd_compare(args) -> int:
     overrides = [p for p in args.presets if "=" in p]
     compare(presets, args.out, data=args.data, steps=args.steps, seed=args.seed, overrides=overrides,
             eval_points=args.eval_points, device=args.device)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from vaevq.compare import sweep_codebook
+
+    sweep_codebook(args.preset, args.out, tuple(args.sizes), data=args.data, steps=args.steps, seed=args.seed,
+                   overrides=args.overrides, eval_points=args.eval_points, device=args.device)
     return 0
 
 
@@ -264,6 +297,7 @@ COMMANDS = {
     "reconstruct": cmd_reconstruct,
     "encode": cmd_encode,
     "compare": cmd_compare,
+    "sweep-codebook": cmd_sweep,
     "presets": cmd_presets,
 }
 

@@ -53,7 +53,11 @@ class LeCam(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
-        real, fake = logits_real.mean(), logits_fake.mean()
+        means = torch.stack([logits_real.mean(), logits_fake.mean()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(means)  # the same EMAs on every rank
+            means /= torch.distributed.get_world_size()
+        real, fake = means[0], means[1]
         if not bool(self.initialized):
             self.ema_real.copy_(real)
             self.ema_fake.copy_(fake)

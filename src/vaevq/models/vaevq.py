@@ -39,6 +39,7 @@ class Reconstruction:
     rec_q: torch.Tensor  # (B, C, H, W) decoded from the quantized latent
     rec_c: torch.Tensor | None  # (B, C, H, W) decoded from mu, or None
     indices: torch.Tensor  # (B, h, w) int64
+    quant_error: torch.Tensor | None = None  # (B, h, w) ||z - z_q|| of each token
 
 
 class VAEVQ(nn.Module):
@@ -180,6 +181,7 @@ class VAEVQ(nn.Module):
             q = self.quantizer(self.encode_features(x))
             rec_c = (self.decode_latent(q.z_c)
                      if continuous and self.quantizer.variational else None)
-            return Reconstruction(self.decode_latent(q.z_q_decoder), rec_c, q.indices)
+            error = (q.z - q.z_q).float().norm(dim=1)
+            return Reconstruction(self.decode_latent(q.z_q_decoder), rec_c, q.indices, error)
         finally:
             self.train(was_training)

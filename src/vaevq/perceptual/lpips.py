@@ -55,11 +55,11 @@ ST_LPIPS_VGG = WeightSource(
     filename="vgg_shift_tolerant.pth",
     urls=("https://github.com/abhijay9/ShiftTolerant-LPIPS/raw/main/stlpips/weights/vST0.0/"
           "vgg_shift_tolerant.pth",),
-    env="VAEVQ_LPIPS_WEIGHTS",
+    env="VAEVQ_STLPIPS_WEIGHTS",
     package=("stlpips_pytorch", "weights/vST0.0/vgg_shift_tolerant.pth"),
     sha256_prefix="44597da6",
     hint="`pip install stlpips-pytorch==0.0.2` (a dependency of vaevq; its wheel ships the file), or set "
-         "VAEVQ_LPIPS_WEIGHTS=/path/to/vgg_shift_tolerant.pth",
+         "VAEVQ_STLPIPS_WEIGHTS=/path/to/vgg_shift_tolerant.pth",
 )
 
 

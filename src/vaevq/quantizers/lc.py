@@ -62,6 +62,7 @@ def features_from(source: nn.Module, images: Iterable[torch.Tensor], max_feature
     chunks = []
     with torch.no_grad():
         for x in images:
+            source = source.to(x.device)
             if resize_to and x.shape[-1] != resize_to:
                 x = F.interpolate(x, size=(resize_to, resize_to), mode="bilinear", align_corners=False)
             f = source(x)
@@ -108,8 +109,10 @@ class LCQuantizer(VectorQuantizer):
         self.source = model.lc_features
         self.max_features = model.lc_max_features
         self.kmeans_iters = model.lc_kmeans_iters
-        feature_dim = (EFFNET_BLOCK_CHANNELS if self.source == "effnet-lite0"
-                       else load_feature_file(self.source).shape[1])
+        if self.source == "effnet-lite0":
+            feature_dim = EFFNET_BLOCK_CHANNELS
+        else:  # set by config.finalize from the file, so a trained model loads without the file
+            feature_dim = model.lc_feature_dim or load_feature_file(self.source).shape[1]
         self.codebook = Codebook(model.codebook_size, model.latent_dim, projection=True, basis_dim=feature_dim)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
@@ -136,7 +139,11 @@ class LCQuantizer(VectorQuantizer):
         """Compute features of ``images`` (batches in [-1, 1]) with ``source`` and cluster them."""
         if isinstance(source, str):
             if source != "effnet-lite0":
-                self.cluster(load_feature_file(source), seed)
+                feats = load_feature_file(source)
+                if feats.shape[0] > self.max_features:
+                    gen = torch.Generator().manual_seed(seed)
+                    feats = feats[torch.randperm(feats.shape[0], generator=gen)[: self.max_features]]
+                self.cluster(feats, seed)
                 return
             source, resize_to = _EffNetBlocks(), 224
         else:

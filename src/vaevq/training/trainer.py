@@ -29,7 +29,7 @@ from vaevq.training.checkpoint import (
     save_checkpoint,
 )
 from vaevq.training.distributed import DistInfo, barrier, init_distributed
-from vaevq.training.evaluate import evaluate
+from vaevq.training.evaluate import evaluate, frechet_metrics
 from vaevq.training.images import reconstruction_grid
 from vaevq.training.objective import Objective
 
@@ -131,6 +131,9 @@ class Trainer:
                                  if self.objective.perceptual is not None
                                  and self.objective.perceptual.net_name == config.eval.lpips_net
                                  else LPIPS(config.eval.lpips_net).to(self.dist.device))
+        self.frechet, self.frechet_notes = frechet_metrics(config.eval, self.dist.device)
+        if "rfid" in self.frechet_notes:
+            self.print(f"[vaevq] rfid {self.frechet_notes['rfid']}")
         self.step = 0
         self.elapsed = 0.0  # seconds spent in training steps (not evaluation), over all resumes
         self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
@@ -186,6 +189,10 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.dist.device)
+        diffs = _setting_differences(state.get("config"), self.config)
+        if diffs:
+            raise ValueError(f"{path} was trained with different settings ({'; '.join(diffs[:6])}); resume "
+                             "with the same model, loss and gan settings, or use a new run directory")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -243,7 +250,8 @@ class Trainer:
         e = self.config.eval
         metrics = evaluate(self.eval_model(), self.eval_set, batch_size=e.batch_size,
                            max_images=e.max_images, device=self.dist.device,
-                           rank=self.dist.rank, world_size=self.dist.world_size, lpips=self.lpips_metric)
+                           rank=self.dist.rank, world_size=self.dist.world_size, lpips=self.lpips_metric,
+                           frechet=self.frechet)
         self.log({"step": self.step, "train_s": round(self.elapsed, 3),
                   **{f"eval/{k}": v for k, v in metrics.items()}})
         value = metrics.get(self.best["metric"])
@@ -351,6 +359,11 @@ class Trainer:
                 group["lr"] = self.disc_lr * self.lr_factor(self.step)
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_terms["d_total"].backward()
+            if self.dist.enabled:  # one discriminator for all ranks: average its gradients
+                for p in self.objective.discriminator_parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(self.dist.world_size)
             self.disc_optimizer.step()
             losses.update(d_losses)
         self.optimizer.step()
@@ -363,6 +376,23 @@ class Trainer:
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
                                      "checkpoint is untouched")
+
+def _setting_differences(saved: dict[str, Any] | None, config: Config) -> list[str]:
+    """The model, loss and gan keys whose values differ between a checkpoint and ``config``
+    (train.* may change on resume, e.g. more steps; data.* may move)."""
+    if not saved:
+        return []
+    from vaevq.config import config_from_dict, finalize
+
+    try:
+        old = finalize(config_from_dict(saved, "checkpoint config")).to_dict()
+    except Exception:  # noqa: BLE001 - an unreadable old config is not a reason to refuse
+        return []
+    new = config.to_dict()
+    return [f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
+            for section in ("model", "loss", "gan") for key in new[section]
+            if old[section].get(key) != new[section][key]]
+
 
 def _short(metrics: dict[str, float]) -> str:
     keys = ("psnr", "ssim", "utilization", "perplexity")
