@@ -113,7 +113,7 @@ def charts(results: list[dict[str, Any]], curves: dict[str, list[tuple[int, floa
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=45)
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.2f}" if key == "psnr" else f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     fig.tight_layout()
     atomic_write(out / "bars.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
@@ -177,8 +177,9 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
                  if first.data.source == "builtin" else f"{first.data.root} (held out)")
     n_images = results[0]["metrics"].get("images", len(eval_set))
     table = results_table(results, data_name, first.data.resolution, n_images)
-    command = "vaevq compare " + " ".join(presets) + f" --out {out}" + (f" --data {data}" if data else "") + \
-        (f" --steps {steps}" if steps else "") + (" " + " ".join(overrides) if overrides else "")
+    command = "vaevq compare " + " ".join([*presets, *(overrides or [])]) + f" --out {out}" + \
+        (f" --data {data}" if data else "") + (f" --steps {steps}" if steps else "") + \
+        f" --seed {seed} --eval-points {eval_points}"
     atomic_write_text(out / "results.md", f"# Comparison\n\n`{command}`\n\n{table}\n"
                       "![utilization and PSNR](bars.png)\n\n![utilization over training](utilization.png)\n\n"
                       "![reconstructions](reconstructions.png)\n")
@@ -217,8 +218,9 @@ def sweep_codebook(preset: str, out: str | Path, sizes: tuple[int, ...] = DEFAUL
            for r in results]
     fid_line = "fid-effnet (EfficientNet-Lite0; not comparable with published FID): " + ", ".join(
         f"K {r['codebook_size']}: {f}" for r, f in zip(results, fid))
-    command = f"vaevq sweep-codebook {preset} --sizes {' '.join(map(str, sizes))} --out {out}" + \
-        (f" --steps {steps}" if steps else "")
+    command = (f"vaevq sweep-codebook {' '.join([preset, *(overrides or [])])}"
+               f" --sizes {' '.join(map(str, sizes))} --out {out}" + (f" --data {data}" if data else "")
+               + (f" --steps {steps}" if steps else "") + f" --seed {seed} --eval-points {eval_points}")
     atomic_write_text(out / "sweep.md", f"# Codebook size sweep\n\n`{command}`\n\n{table}\n{fid_line}\n\n"
                       "![metrics against K](sweep.png)\n")
     atomic_write_text(out / "sweep.json", json.dumps(

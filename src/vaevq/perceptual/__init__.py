@@ -1,5 +1,5 @@
 """Perceptual distances: LPIPS (VGG16) and the shift-tolerant ST-LPIPS VGG."""
 
-from vaevq.perceptual.lpips import LPIPS, NETS, default_weights_note
+from vaevq.perceptual.lpips import LPIPS, NETS
 
-__all__ = ["LPIPS", "NETS", "default_weights_note"]
+__all__ = ["LPIPS", "NETS"]

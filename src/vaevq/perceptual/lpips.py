@@ -274,10 +274,4 @@ class LPIPS(nn.Module):
         return f"net={self.net_name!r}, weights={self.sources}"
 
 
-def default_weights_note(net: str) -> str:
-    """One line for reports: which network and files a perceptual number comes from."""
-    return {"vgg": "LPIPS v0.1 (VGG16 trunk from torchvision, heads from lpips vgg.pth)",
-            "vgg-shift-tolerant": "ST-LPIPS VGG (shift-tolerant, anti-aliased VGG16; stlpips vST0.0)"}[net]
-
-
-__all__ = ["LPIPS", "NETS", "BlurPool", "VGG16Slices", "default_weights_note"]
+__all__ = ["LPIPS", "NETS", "BlurPool", "VGG16Slices"]

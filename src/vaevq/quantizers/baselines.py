@@ -18,13 +18,6 @@ from vaevq.config import LossConfig, ModelConfig
 from vaevq.quantizers.base import Codebook, CodebookQuantizer, QuantizerOutput, register_quantizer
 from vaevq.quantizers.vlq import VectorQuantizer, straight_through
 
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t
-
-
 # ---------------------------------------------------------------- VQGAN-EMA
 
 
@@ -51,10 +44,12 @@ class EMAVectorQuantizer(CodebookQuantizer):
 
     @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        from vaevq.training.distributed import all_reduce_sum  # (a module import here would be circular)
+
         k = self.codebook.size
         counts = torch.bincount(indices, minlength=k).to(flat.dtype)
         sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)
-        stats = _all_reduce_sum(torch.cat([counts[:, None], sums], dim=1))
+        stats = all_reduce_sum(torch.cat([counts[:, None], sums], dim=1))
         counts, sums = stats[:, 0], stats[:, 1:]
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)

@@ -13,7 +13,8 @@ MAX_ERRORS = 1_000_000
 
 
 def codebook_statistics(model, errors: list[torch.Tensor]) -> dict[str, float]:
-    """Quantization error ||z - z_q|| (mean and quantiles over this rank's tokens) and, for an
+    """Quantization error ||z - z_q|| (mean and quantiles over the first MAX_ERRORS tokens of this
+    rank's share of the split) and, for an
     explicit codebook, its squared W2 distance to N(0, I) (the DCR quantity plus d)."""
     from vaevq.losses import dcr_loss
 
@@ -22,7 +23,7 @@ def codebook_statistics(model, errors: list[torch.Tensor]) -> dict[str, float]:
         e = torch.cat(errors).double()
         stats["quant_error_mean"] = float(e.mean())
         for q in (0.5, 0.9, 0.99):
-            stats[f"quant_error_p{int(q * 100)}"] = float(torch.quantile(e[:16_000_000], q))
+            stats[f"quant_error_p{int(q * 100)}"] = float(torch.quantile(e, q))
     codebook = getattr(model.quantizer, "codebook", None)
     if codebook is not None:
         vectors = codebook.vectors().detach()
