@@ -125,3 +125,14 @@ def test_short_training_lowers_loss_and_raises_psnr(tmp_path):
     for i in range(0, len(held), 64):
         usage.update(model.encode(held.tiles[i : i + 64]))
     assert usage.utilization() == pytest.approx(final["utilization"])
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    from vaevq.fileio import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
