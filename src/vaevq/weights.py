@@ -152,3 +152,18 @@ def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors for {what}, got {type(state).__name__}")
     return dict(state)
+
+
+def load_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str,
+                 optional: set[str] | frozenset[str] = frozenset()) -> None:
+    """Load ``state`` into ``module`` strictly, with errors that name the file and the keys:
+    missing keys (except ``optional`` ones, kept from the module), unexpected keys, wrong shapes."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and k not in optional]
+    unknown = [k for k in state if k not in own]
+    if missing or unknown:
+        raise ValueError(f"{source}: not the {what} layout (missing {missing[:5]}, unexpected {unknown[:5]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    module.load_state_dict({**{k: own[k] for k in optional if k not in state}, **state})

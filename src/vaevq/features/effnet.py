@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaevq.weights import WeightSource, load_state_dict, resolve_weights
+from vaevq.weights import WeightSource, load_checked, load_state_dict, resolve_weights
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -102,16 +102,7 @@ class EfficientNetLite0(nn.Module):
         return model.eval().requires_grad_(False)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        unknown = [k for k in state if k not in own]
-        if missing or unknown:
-            raise ValueError(f"{source}: not an EfficientNet-Lite0 state dict (missing {missing[:5]}, "
-                             f"unexpected {unknown[:5]})")
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-        self.load_state_dict(state)
+        load_checked(self, state, source, "EfficientNet-Lite0")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn1(self._conv_head(self.block_features(x))))

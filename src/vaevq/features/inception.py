@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaevq.weights import WeightSource, load_state_dict, resolve_weights
+from vaevq.weights import WeightSource, load_checked, load_state_dict, resolve_weights
 
 FID_INCEPTION = WeightSource(
     name="FID InceptionV3 (TensorFlow 2015-12-05, PyTorch port)",
@@ -173,17 +173,8 @@ class FIDInceptionV3(nn.Module):
         return model.eval().requires_grad_(False)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        own = self.state_dict()
-        optional = {k for k in own if k.endswith("num_batches_tracked")}
-        missing = [k for k in own if k not in state and k not in optional]
-        unknown = [k for k in state if k not in own]
-        if missing or unknown:
-            raise ValueError(f"{source}: not the FID InceptionV3 layout (missing {missing[:5]}, "
-                             f"unexpected {unknown[:5]})")
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-        self.load_state_dict({**{k: own[k] for k in optional}, **state})
+        optional = {k for k in self.state_dict() if k.endswith("num_batches_tracked")}
+        load_checked(self, state, source, "FID InceptionV3", optional)
 
     def pool3(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (NATIVE, NATIVE):
