@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first, so nothing below pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,medical]"
 	# the standard LPIPS v0.1 heads (lpips/weights/v0.1/vgg.pth), read as a file; --no-deps
 	# because the lpips package requires torchvision, which does not work beside this torch
 	$(PY) -m pip install --quiet --no-deps lpips==0.1.4

@@ -77,6 +77,10 @@ class ModelConfig:
     logvar_min: float = -30.0
     logvar_max: float = 20.0
     search_block: int = 1024  # codes per block of the nearest-code search
+    # dead-code restart (not in the paper; docs/design.md): every interval steps, codes chosen fewer
+    # than threshold times in the interval (all ranks) move onto random encoder outputs; 0 disables
+    dead_code_interval: int = 0
+    dead_code_threshold: float = 1.0
     # baselines (SPEC §3); each key is used only by its quantizer
     ema_codebook_decay: float = 0.99  # ema: decay of the cluster sizes and sums
     ema_eps: float = 1e-5  # ema: Laplace smoothing
@@ -93,13 +97,23 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"  # builtin | imagefolder (set automatically when root is given)
-    root: str | None = None  # a folder of images; ImageNet layout (train/, val/) is recognised
+    source: str = "builtin"  # builtin (photos) | imagefolder | brats | brain (built-in MRI)
+    root: str | None = None  # a folder of images (ImageNet layout recognised), or a BraTS root
     resolution: int = 256
     random_crop: bool = False
     random_flip: bool = False
-    eval_fraction: float = 0.05  # held out when root has no train/ and val/ folders
+    eval_fraction: float | None = None  # held out; None: 0.05 of the images of a folder, 0.2 of BraTS subjects
+    split_seed: int = 0  # BraTS: the seeded split of the subjects
     num_workers: int = 0
+    # brain MRI (source brats or brain): see vaevq.data.brats
+    contrasts: tuple[str, ...] = ("t1n",)  # of t1n, t1c, t2w, t2f (BraTS 2021 t1, t1ce, t2, flair files too)
+    contrast_mode: str = "channels"  # channels (one contrast: grey x 3) | separate (each contrast a grey image)
+    min_brain_fraction: float = 0.05  # axial slices with fewer brain pixels are skipped
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)  # of each volume's brain voxels, mapped to -1 and 1
+    on_error: str = "skip"  # a bad subject: skip it (listed and counted) | stop
+    cache_dir: str | None = None  # prepared slices; None: $VAEVQ_CACHE_DIR or ~/.cache/vaevq, /slices
+    brain_subjects: int = 10  # source brain: synthetic subjects made from the MNI152 template
+    brain_eval: str = "colin27"  # source brain: colin27 (Debian mricron-data, when installed) | held-out
 
 
 @dataclass
@@ -335,7 +349,10 @@ def finalize(config: Config) -> Config:
         "model.quantize": (config.model.quantize, ("sample", "mean")),
         "model.codebook_init": (config.model.codebook_init, ("uniform", "normal")),
         "model.estimator": (config.model.estimator, ("straight-through", "released")),
-        "data.source": (config.data.source, ("builtin", "imagefolder")),
+        "data.source": (config.data.source, ("builtin", "imagefolder", "brats", "brain")),
+        "data.contrast_mode": (config.data.contrast_mode, ("channels", "separate")),
+        "data.on_error": (config.data.on_error, ("skip", "stop")),
+        "data.brain_eval": (config.data.brain_eval, ("colin27", "held-out")),
         "train.schedule": (config.train.schedule, ("cosine", "constant")),
         "loss.perceptual_net": (config.loss.perceptual_net, ("vgg-shift-tolerant", "vgg")),
         "gan.disc_loss": (config.gan.disc_loss, ("hinge", "vanilla")),
@@ -356,7 +373,13 @@ def finalize(config: Config) -> Config:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive; got {value}")
+    _finalize_data(config)
     _finalize_quantizer(config)
+    if config.model.dead_code_interval < 0:
+        raise ConfigError(f"model.dead_code_interval must be >= 0; got {config.model.dead_code_interval}")
+    if config.model.dead_code_interval and config.model.quantizer in ("fsq", "lfq", "simvq", "lc"):
+        raise ConfigError(f"model.dead_code_interval: model.quantizer={config.model.quantizer} has no "
+                          "free code vectors to restart; set model.dead_code_interval=0")
     if not config.model.ch_mult:
         raise ConfigError("model.ch_mult must have at least one entry")
     factor = 2 ** (len(config.model.ch_mult) - 1)
@@ -366,6 +389,34 @@ def finalize(config: Config) -> Config:
             f"factor {factor} of model.ch_mult {list(config.model.ch_mult)}"
         )
     return config
+
+
+def _finalize_data(config: Config) -> None:
+    d = config.data
+    if d.eval_fraction is None:
+        d.eval_fraction = 0.2 if d.source in ("brats", "brain") else 0.05
+    if not 0.0 < d.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction must be between 0 and 1; got {d.eval_fraction}")
+    if d.source not in ("brats", "brain"):
+        return
+    from vaevq.data.brats import CONTRASTS
+
+    if not d.contrasts:
+        raise ConfigError(f"data.contrasts must name at least one of {', '.join(CONTRASTS)}")
+    for c in d.contrasts:
+        if c not in CONTRASTS:
+            raise ConfigError(f"data.contrasts: unknown contrast {c!r}; known: {', '.join(CONTRASTS)}")
+    if len(set(d.contrasts)) != len(d.contrasts):
+        raise ConfigError(f"data.contrasts has a repeated contrast: {list(d.contrasts)}")
+    if not 0.0 <= d.min_brain_fraction < 1.0:
+        raise ConfigError(f"data.min_brain_fraction must be in [0, 1); got {d.min_brain_fraction}")
+    lo, hi = d.clip_percentiles
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ConfigError(f"data.clip_percentiles must satisfy 0 <= low < high <= 100; got {[lo, hi]}")
+    if d.brain_subjects < 2:
+        raise ConfigError(f"data.brain_subjects must be at least 2; got {d.brain_subjects}")
+    channels = len(d.contrasts) if d.contrast_mode == "channels" and len(d.contrasts) > 1 else 3
+    config.model.in_channels = channels
 
 
 def _finalize_quantizer(config: Config) -> None:

@@ -16,6 +16,8 @@ EPILOG = """examples:
   vaevq eval --checkpoint runs/tiny
   vaevq reconstruct --checkpoint runs/tiny --out recon/ photo.jpg more_photos/
   vaevq encode --checkpoint runs/tiny --out tokens.npy my_images/
+  vaevq train brain-tiny --out runs/brain
+  vaevq data check brats-f16 data.root=/data/BraTS2024 data.contrasts=[t1n,t2f]
 """
 
 
@@ -86,6 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-points", type=int, default=4)
     p.add_argument("--device", choices=["cpu", "cuda"])
 
+    p = sub.add_parser("data", help="data tools: `vaevq data check PRESET_OR_YAML [key=value ...]`")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    p = data_sub.add_parser("check", help="read the configured data without training: counts per split "
+                                          "and every problem with its file; exit 1 when problems are "
+                                          "fatal (data.on_error=stop)")
+    p.add_argument("config", metavar="PRESET_OR_YAML")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--run", metavar="RUN_DIR", help="use this run's split.json (brain MRI)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+
     sub.add_parser("presets", help="list the presets shipped in the package")
     return parser
 
@@ -154,7 +166,12 @@ def cmd_eval(args) -> int:
     device = _device(args)
     model = load_model(args.checkpoint, args.which).to(device)
     config = model.config
-    dataset = build_eval_dataset(config, args.data)
+    run_dir = _run_dir_of(Path(args.checkpoint))
+    dataset = build_eval_dataset(config, args.data, run_dir)
+    for note in getattr(dataset, "notes", []):
+        print(f"[vaevq] {note}")
+    for problem in getattr(dataset, "problems", []):
+        print(f"[vaevq] skipped: {problem}")
     batch = args.batch_size or config.eval.batch_size
     lpips = LPIPS(config.eval.lpips_net) if config.eval.lpips_net else None
     if args.inception_weights:
@@ -163,7 +180,18 @@ def cmd_eval(args) -> int:
     usage = CodebookUsage(model.quantizer.codebook_size)
     metrics = evaluate(model, dataset, batch_size=batch, max_images=args.max_images,
                        device=device, progress=True, lpips=lpips, frechet=frechet, usage=usage)
-    if args.data in (None, "built-in", "builtin") and (args.data or config.data.source == "builtin"):
+    brain = config.data.source in ("brats", "brain")
+    if brain and args.data is None:
+        on_colin = any(s.name == "Colin27" for s in dataset.subjects)
+        if on_colin:
+            data_name, split = "Colin27 T1 (Debian mricron-data ch2bet.nii.gz)", "independent brain, axial slices"
+        else:
+            data_name = ("built-in brain (nilearn MNI152 2009, synthetic subjects)"
+                         if config.data.source == "brain" else f"BraTS root {config.data.root}")
+            split = f"held-out subjects ({len(dataset.subjects)}), axial slices"
+    elif brain:
+        data_name, split = str(args.data), f"every subject ({len(dataset.subjects)}), axial slices"
+    elif args.data in (None, "built-in", "builtin") and (args.data or config.data.source == "builtin"):
         data_name, split = "built-in photos (scikit-learn china.jpg, flower.jpg)", "held out"
     elif args.data:
         data_name, split = str(args.data), "every image (center crops)"
@@ -176,7 +204,6 @@ def cmd_eval(args) -> int:
     rows = metric_rows(metrics, data_name, split, config.data.resolution, notes)
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    run_dir = _run_dir_of(Path(args.checkpoint))
     out = run_dir / "eval"
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     n = min(config.eval.grid_images, len(dataset))
@@ -279,6 +306,24 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from vaevq.config import load_config
+    from vaevq.data.check import check_data
+    from vaevq.fileio import atomic_write_text
+
+    config = load_config(args.config, args.overrides)
+    report = check_data(config, args.run, progress=True)
+    print("\n".join(report.lines()))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
+    if report.fatal:
+        why = ("a split has no usable data" if any(s.items == 0 for s in report.splits)
+               else "data.on_error=stop")
+        print(f"vaevq data check: {len(report.problems)} problem(s); fatal: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_presets(args) -> int:
     from importlib import resources
 
@@ -299,6 +344,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "sweep-codebook": cmd_sweep,
     "presets": cmd_presets,
+    "data": cmd_data,
 }
 
 if __name__ == "__main__":

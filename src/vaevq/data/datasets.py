@@ -146,9 +146,15 @@ def image_folder_splits(root: str | Path, eval_fraction: float) -> tuple[list[Pa
     return train, held
 
 
-def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
-    """(train, eval) datasets for the config's data section."""
+def build_datasets(config: Config, run_dir: str | Path | None = None,
+                   progress: bool = False) -> tuple[Dataset, Dataset]:
+    """(train, eval) datasets for the config's data section. For brain MRI, ``run_dir`` holds the
+    run's split by subject (split.json) when it has one."""
     d = config.data
+    if d.source in ("brats", "brain"):
+        from vaevq.data.brats import build_brain_datasets
+
+        return build_brain_datasets(config, run_dir, progress)
     if d.source == "builtin":
         return (BuiltinPhotos("train", d.resolution, d.random_flip),
                 BuiltinPhotos("eval", d.resolution))
@@ -160,10 +166,16 @@ def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
             ImageFolderDataset(held, d.resolution))
 
 
-def build_eval_dataset(config: Config, path: str | None = None) -> Dataset:
-    """The held-out split of the config, or every image under ``path`` (center crops)."""
+def build_eval_dataset(config: Config, path: str | None = None,
+                       run_dir: str | Path | None = None) -> Dataset:
+    """The held-out split of the config (the run's own split, for brain MRI), or every image
+    under ``path`` (center crops; for brain MRI a BraTS root or one NIfTI volume)."""
     if path is None:
-        return build_datasets(config)[1]
+        return build_datasets(config, run_dir)[1]
+    if config.data.source in ("brats", "brain"):
+        from vaevq.data.brats import brain_eval_dataset
+
+        return brain_eval_dataset(config, path)
     if path == "built-in" or path == "builtin":
         return BuiltinPhotos("eval", config.data.resolution)
     p = Path(path)

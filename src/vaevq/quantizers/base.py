@@ -92,6 +92,19 @@ class CodebookQuantizer(nn.Module):
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         return self.codebook.lookup(indices)
 
+    @property
+    def supports_restart(self) -> bool:
+        """Dead-code restart needs codes that are free vectors (no frozen basis x projection)."""
+        return isinstance(self.codebook.projection, nn.Identity)
+
+    @torch.no_grad()
+    def restart_codes(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Move the codes ``ids`` (n,) to ``vectors`` (n, d)."""
+        if not self.supports_restart:
+            raise ValueError("this quantizer's codebook is a frozen basis through a projection; "
+                             "its codes cannot be restarted one by one")
+        self.codebook.embedding[ids] = vectors
+
 
 QuantizerFactory = Callable[..., nn.Module]
 QUANTIZERS: dict[str, QuantizerFactory] = {}

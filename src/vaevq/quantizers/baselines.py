@@ -57,6 +57,13 @@ class EMAVectorQuantizer(CodebookQuantizer):
         smoothed = (self.cluster_size + self.eps) / (n + k * self.eps) * n
         self.codebook.embedding.copy_(self.embed_sum / smoothed[:, None])
 
+    @torch.no_grad()
+    def restart_codes(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """A restarted code starts as one observation of its vector."""
+        super().restart_codes(ids, vectors)
+        self.cluster_size[ids] = 1.0
+        self.embed_sum[ids] = vectors
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         vectors = self.codebook.vectors()
         indices = self.codebook.search(z, vectors, self.search_block)

@@ -28,6 +28,7 @@ from vaevq.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from vaevq.training.dead_codes import DeadCodeRestarter
 from vaevq.training.distributed import DistInfo, barrier, init_distributed
 from vaevq.training.evaluate import evaluate, frechet_metrics
 from vaevq.training.images import reconstruction_grid
@@ -100,7 +101,12 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dist: DistInfo = init_distributed(device)
         t = config.train
-        self.train_set, self.eval_set = build_datasets(config)
+        # data prepared on rank 0 first (brain MRI slice cache), then read by the others
+        if not self.dist.is_main:
+            barrier()
+        self.train_set, self.eval_set = build_datasets(config, self.run_dir, progress=self.dist.is_main)
+        if self.dist.is_main:
+            barrier()
         global_batch = t.batch_size * self.dist.world_size
         if t.epochs > 0:
             self.total_steps = t.epochs * (len(self.train_set) // global_batch)
@@ -113,6 +119,10 @@ class Trainer:
         if not resuming:
             self._initialize_codebook()
         self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.dead_codes = DeadCodeRestarter(config, self.model.quantizer.codebook_size)
+        if self.dead_codes.enabled and not getattr(self.model.quantizer, "supports_restart", False):
+            raise ValueError(f"model.dead_code_interval: the {config.model.quantizer} quantizer's codes "
+                             "cannot be restarted; set model.dead_code_interval=0")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
@@ -175,6 +185,7 @@ class Trainer:
             "ema": self.ema.model.state_dict() if self.ema else None,
             "best": self.best,
             "elapsed": self.elapsed,
+            "dead_codes": self.dead_codes.state_dict() if self.dead_codes.enabled else None,
             **self._adversarial_state(),
         }
 
@@ -208,6 +219,8 @@ class Trainer:
             if self.objective.lecam is not None and state.get("lecam") is not None:
                 self.objective.lecam.load_state_dict(state["lecam"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        if self.dead_codes.enabled and state.get("dead_codes") is not None:
+            self.dead_codes.load_state_dict(state["dead_codes"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.best = state.get("best", self.best)
@@ -278,6 +291,25 @@ class Trainer:
                           num_workers=self.config.data.num_workers,
                           pin_memory=self.dist.device.type == "cuda")
 
+    def _record_data(self) -> None:
+        """Brain MRI: the split by subject (written once, reused on resume and by eval), the
+        data notes, and every data problem (printed and logged with its count)."""
+        split = getattr(self.train_set, "split", None)
+        split_path = self.run_dir / "split.json"
+        if split is not None and not split_path.is_file():
+            keep = {k: v for k, v in split.items() if k != "new_subjects_ignored"}
+            atomic_write_text(split_path, json.dumps(keep, indent=1) + "\n")
+        for note in getattr(self.train_set, "notes", []):
+            self.print(f"[vaevq] {note}")
+        problems = getattr(self.train_set, "problems", []) + getattr(self.eval_set, "problems", [])
+        skipped = getattr(self.train_set, "skipped", []) + getattr(self.eval_set, "skipped", [])
+        if problems:
+            self.print(f"[vaevq] {len(problems)} data problem(s); {len(skipped)} subject(s) skipped:")
+            for problem in problems:
+                self.print(f"  {problem}")
+            self.log({"step": self.step, "data_problems": len(problems), "skipped_subjects": skipped,
+                      "problems": [p.to_dict() for p in problems]})
+
     def _announce(self) -> None:
         t = self.config.train
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -297,6 +329,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml())
             self._trim_log()
+            self._record_data()
         self._announce()
         self.ddp.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
@@ -368,6 +401,20 @@ class Trainer:
             losses.update(d_losses)
         self.optimizer.step()
         self.scheduler.step()
+        if self.dead_codes.enabled:
+            q = self.model.quantizer
+            if out.mu is not None and getattr(q, "quantize_sample", False):
+                # tokens come from mu: a code is alive when it is some mu's nearest code (the
+                # training indices of the noisy samples z_c reach far more codes than mu does)
+                with torch.no_grad():
+                    self.dead_codes.update(q.codebook.search(out.mu, q.codebook.vectors(), q.search_block))
+            else:
+                self.dead_codes.update(out.indices)
+            latents = out.mu if out.mu is not None else out.z_c
+            restarted = self.dead_codes.maybe_restart(self.step + 1, self.model.quantizer, latents,
+                                                      self.optimizer)
+            if restarted:
+                self.log({"step": self.step + 1, "restarted_codes": restarted})
         if self.ema is not None:
             self.ema.update(self.model)
         return losses
