@@ -134,8 +134,8 @@ def test_adversarial_terms_off_before_start(tmp_path):
     steps = {}
     original = trainer._train_step
 
-    def record(x):
-        losses = original(x)
+    def record(x, seeds=None):
+        losses = original(x, seeds)
         steps[trainer.step] = set(losses)
         if trainer.step < 2:
             assert not changed(d0, trainer.objective.discriminator)

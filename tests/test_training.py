@@ -78,8 +78,8 @@ def test_ctrl_c_saves_and_resumes(tmp_path, monkeypatch):
     trainer = Trainer(fast_config(6), tmp_path)
     original = trainer._train_step
 
-    def step_then_interrupt(x):
-        out = original(x)
+    def step_then_interrupt(x, seeds=None):
+        out = original(x, seeds)
         if trainer.step == 2:  # the third step: SIGINT arrives during training
             os.kill(os.getpid(), signal.SIGINT)
         return out
@@ -116,10 +116,9 @@ def test_short_training_lowers_loss_and_raises_psnr(tmp_path):
     totals = [r["loss/rec"] for r in log if "loss/rec" in r]
     assert sum(totals[-20:]) / 20 < 0.7 * sum(totals[:20]) / 20
     assert final["psnr"] > initial["psnr"] + 3
-    # Not asserted: more codes used than at step 0. A random encoder spreads mu over ~60% of
-    # the codes; after 150 steps far fewer stay in use (see the closing notes). What must
-    # hold: several codes in use, and the reported number equals a recount.
-    assert final["used_codes"] >= 4
+    # the codebook in use grows: more of mu's codes than the random initial model's (tiny restarts
+    # dead codes; without it mu's codes collapse at this scale, docs/design.md)
+    assert final["used_codes"] > initial["used_codes"]
     usage = CodebookUsage(cfg.model.codebook_size)
     model = load_model(tmp_path)
     for i in range(0, len(held), 64):

@@ -120,8 +120,14 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000
     epochs: int = 0  # when > 0, steps = epochs * (train images // global batch)
-    batch_size: int = 16  # per process
-    lr: float = 1e-4
+    batch_size: int = 16  # per process and micro-batch; global batch = batch_size x processes x grad_accum
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    lr: float = 1e-4  # at lr_base_batch (see lr_scale)
+    lr_scale: str = "none"  # none: lr as given | linear | sqrt: lr x (global batch / lr_base_batch)^(1 or 1/2)
+    lr_base_batch: int = 0  # the global batch lr was tuned for; 0: batch_size (one process, no accumulation)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA; the quantizer and DCR stay float32)
+    compile: bool = False  # torch.compile the encoder and the decoder
+    channels_last: bool = True  # channels_last memory format on CUDA
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | constant
@@ -354,6 +360,8 @@ def finalize(config: Config) -> Config:
         "data.on_error": (config.data.on_error, ("skip", "stop")),
         "data.brain_eval": (config.data.brain_eval, ("colin27", "held-out")),
         "train.schedule": (config.train.schedule, ("cosine", "constant")),
+        "train.lr_scale": (config.train.lr_scale, ("none", "linear", "sqrt")),
+        "train.precision": (config.train.precision, ("fp32", "bf16")),
         "loss.perceptual_net": (config.loss.perceptual_net, ("vgg-shift-tolerant", "vgg")),
         "gan.disc_loss": (config.gan.disc_loss, ("hinge", "vanilla")),
         "gan.gen_loss": (config.gan.gen_loss, ("hinge", "non-saturating")),
@@ -368,6 +376,7 @@ def finalize(config: Config) -> Config:
         "model.codebook_size": config.model.codebook_size,
         "model.ch": config.model.ch,
         "train.batch_size": config.train.batch_size,
+        "train.grad_accum": config.train.grad_accum,
         "data.resolution": config.data.resolution,
     }
     for key, value in positive.items():

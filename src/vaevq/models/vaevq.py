@@ -131,8 +131,16 @@ class VAEVQ(nn.Module):
 
     # ------------------------------------------------------------------ public API
 
-    def forward(self, x: torch.Tensor) -> VAEVQOutput:
-        q = self.quantizer(self.encode_features(x))
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> VAEVQOutput:
+        """Training forward. ``noise``: optional eps (B, d, h, w) of the VLQ sample (the trainer
+        draws it per image, so a run does not depend on how the batch is split over processes).
+        The quantizer (search, codebook, RCS, DCR, KL) always runs in float32, also under autocast."""
+        h = self.encode_features(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.quantizer.variational:
+                q = self.quantizer(h.float(), noise=None if noise is None else noise.float())
+            else:
+                q = self.quantizer(h.float())
         rec_q = self.decode_latent(q.z_q_decoder)
         rec_c = self.decode_latent(q.z_c) if self.quantizer.variational else None
         kind = self.config.loss.rec

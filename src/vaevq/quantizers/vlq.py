@@ -54,11 +54,16 @@ class VariationalLatentQuantizer(CodebookQuantizer):
     def in_channels_factor(self) -> int:
         return 2
 
-    def forward(self, h: torch.Tensor) -> QuantizerOutput:
+    def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         mu, logvar = h.chunk(2, dim=1)
         logvar = logvar.clamp(*self.logvar_range)
         sigma = torch.exp(0.5 * logvar)
-        z_c = mu + sigma * torch.randn_like(mu) if self.training else mu
+        if noise is not None and noise.shape != mu.shape:
+            raise ValueError(f"noise of shape {tuple(noise.shape)} for a posterior of shape {tuple(mu.shape)}")
+        if self.training:
+            z_c = mu + sigma * (torch.randn_like(mu) if noise is None else noise.to(mu.dtype))
+        else:
+            z_c = mu
         z = z_c if self.quantize_sample else mu
         vectors = self.codebook.vectors()
         indices = self.codebook.search(z, vectors, self.search_block)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -49,6 +50,41 @@ def lr_lambda(config: Config, total_steps: int):
         return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def effective_lr(config: Config, world_size: int) -> tuple[float, str]:
+    """(learning rate, the rule in words) for the global batch of this run."""
+    t = config.train
+    global_batch = t.batch_size * world_size * t.grad_accum
+    base = t.lr_base_batch or t.batch_size
+    if t.lr_scale == "none":
+        return t.lr, f"lr {t.lr:g} as configured (train.lr_scale=none: not scaled with the batch)"
+    ratio = global_batch / base
+    factor = ratio if t.lr_scale == "linear" else math.sqrt(ratio)
+    lr = t.lr * factor
+    return lr, (f"lr {lr:g} = train.lr {t.lr:g} x ({global_batch} / {base})"
+                f"{'' if t.lr_scale == 'linear' else '^0.5'} (train.lr_scale={t.lr_scale})")
+
+
+def sample_noise(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """VLQ noise eps (B, *shape): image i's from its own seed, so the noise an image gets does not
+    depend on the number of processes or micro-batches the global batch is split into."""
+    gen = torch.Generator()
+    rows = [torch.randn(shape, generator=gen.manual_seed(int(s) ^ 0x5DEECE66D)) for s in seeds.tolist()]
+    return torch.stack(rows).to(device, non_blocking=True)
+
+
+class _Keyed(torch.utils.data.Dataset):
+    """Items ``(index, seed)`` -> ``(image, seed)``; the loader yields (images, seeds)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        return self.dataset[item], item[1]
 
 
 class WeightEMA:
@@ -107,7 +143,7 @@ class Trainer:
         self.train_set, self.eval_set = build_datasets(config, self.run_dir, progress=self.dist.is_main)
         if self.dist.is_main:
             barrier()
-        global_batch = t.batch_size * self.dist.world_size
+        global_batch = t.batch_size * self.dist.world_size * t.grad_accum
         if t.epochs > 0:
             self.total_steps = t.epochs * (len(self.train_set) // global_batch)
         else:
@@ -123,14 +159,20 @@ class Trainer:
         if self.dead_codes.enabled and not getattr(self.model.quantizer, "supports_restart", False):
             raise ValueError(f"model.dead_code_interval: the {config.model.quantizer} quantizer's codes "
                              "cannot be restarted; set model.dead_code_interval=0")
+        self.lr, self.lr_rule = effective_lr(config, self.dist.world_size)
+        cuda = self.dist.device.type == "cuda"
+        self.autocast = t.precision == "bf16" and cuda
+        self.channels_last = t.channels_last and cuda
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.Adam(params, lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         # perceptual and adversarial terms; the discriminator has its own optimizer and schedule
         self.objective = Objective(config).to(self.dist.device)
         # (its learning rate follows the same schedule, set from the step before each D step)
         self.disc_optimizer = None
-        self.disc_lr = config.gan.lr if config.gan.lr > 0 else t.lr
+        self.disc_lr = config.gan.lr if config.gan.lr > 0 else self.lr
         self.lr_factor = lr_lambda(config, self.total_steps)
         if self.objective.adversarial:
             self.disc_optimizer = torch.optim.Adam(self.objective.discriminator_parameters(),
@@ -150,9 +192,14 @@ class Trainer:
         self.resumed_from: int | None = None
         if resume and (checkpoint_dir(self.run_dir) / LAST).is_file():
             self._restore(checkpoint_dir(self.run_dir) / LAST)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank]
-                                            if self.dist.device.type == "cuda" else None)
+        if t.compile:  # in place (nn.Module.compile): the state dict keys stay those of the model
+            self.model.encoder.compile()
+            self.model.decoder.compile()
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if cuda else None)
                     if self.dist.enabled else self.model)
+        self.noise_shape = (config.model.latent_dim,
+                            config.data.resolution // self.model.downsample_factor,
+                            config.data.resolution // self.model.downsample_factor)
 
     def _initialize_codebook(self) -> None:
         """Quantizers whose codebook comes from data (VQGAN-LC): computed on rank 0, broadcast."""
@@ -284,10 +331,10 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         t = self.config.train
-        sampler = StepBatchSampler(len(self.train_set), t.batch_size, seed=t.seed,
+        sampler = StepBatchSampler(len(self.train_set), t.batch_size * t.grad_accum, seed=t.seed,
                                    start_step=self.step, total_steps=self.total_steps,
                                    rank=self.dist.rank, world_size=self.dist.world_size)
-        return DataLoader(self.train_set, batch_sampler=sampler,
+        return DataLoader(_Keyed(self.train_set), batch_sampler=sampler,
                           num_workers=self.config.data.num_workers,
                           pin_memory=self.dist.device.type == "cuda")
 
@@ -317,10 +364,13 @@ class Trainer:
         self.print(
             f"[vaevq] {self.config.name}: {start}; {self.total_steps} steps; "
             f"{len(self.train_set)} train / {len(self.eval_set)} eval images; "
-            f"global batch {t.batch_size * self.dist.world_size} ({t.batch_size} x "
-            f"{self.dist.world_size} processes); lr {t.lr:g} ({t.schedule}, not scaled with the "
-            f"batch); {n_params / 1e6:.2f} M parameters; device {self.dist.device}"
+            f"global batch {t.batch_size * self.dist.world_size * t.grad_accum} ({t.batch_size} x "
+            f"{self.dist.world_size} processes x {t.grad_accum} accumulated); {self.lr_rule}, "
+            f"{t.schedule} schedule; {n_params / 1e6:.2f} M parameters; device {self.dist.device}"
+            + ("; bf16 autocast" if self.autocast else "") + ("; compiled" if t.compile else "")
         )
+        if t.precision == "bf16" and not self.autocast:
+            self.print("[vaevq] train.precision=bf16 applies on CUDA only; training in float32")
 
     def train(self) -> dict[str, float]:
         """Run to train.steps (or epochs); returns the final evaluation metrics."""
@@ -336,11 +386,11 @@ class Trainer:
                    disable=not (t.progress and self.dist.is_main), mininterval=1.0)
         timer, seen = time.perf_counter(), 0
         with _StopFlag() as stop:
-            for batch in self._loader():
-                # the step's noise (VLQ samples, dropout) is a function of (seed, step, rank)
+            for batch, seeds in self._loader():
+                # other randomness of a step (dropout) is a function of (seed, step, rank)
                 torch.manual_seed((t.seed * 1_000_003 + self.step) * 131 + self.dist.rank)
                 step_start = time.perf_counter()
-                losses = self._train_step(batch.to(self.dist.device, non_blocking=True))
+                losses = self._train_step(batch.to(self.dist.device, non_blocking=True), seeds)
                 self.elapsed += time.perf_counter() - step_start
                 self.step += 1
                 seen += batch.shape[0] * self.dist.world_size
@@ -375,49 +425,76 @@ class Trainer:
         self.print(f"[vaevq] done at step {self.step}: " + _short(metrics))
         return metrics
 
-    def _train_step(self, x: torch.Tensor) -> dict[str, float]:
-        out = self.ddp(x)
-        terms = self.objective.generator_losses(x, out, self.model.decoder.last_layer, self.step)
-        losses = {k: float(v.detach()) for k, v in terms.items()}
-        self._check_finite(losses)
+    def _train_step(self, x: torch.Tensor, seeds: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimizer step over ``train.grad_accum`` micro-batches of this rank's batch."""
+        accum = self.config.train.grad_accum
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        noise = None
+        if self.model.quantizer.variational and seeds is not None:
+            noise = sample_noise(seeds, self.noise_shape, self.dist.device)
+        adversarial = self.objective.adversarial_active(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        if adversarial:
+            self.disc_optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        chunks = x.chunk(accum) if accum > 1 else (x,)
+        noise_chunks = noise.chunk(accum) if noise is not None and accum > 1 else (noise,)
+        for i, (xi, ni) in enumerate(zip(chunks, noise_chunks)):
+            last = i == len(chunks) - 1
+            sync = self.ddp.no_sync() if (self.dist.enabled and not last) else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16,
+                                    enabled=self.autocast):
+                    out = self.ddp(xi, noise=ni) if ni is not None else self.ddp(xi)
+                    terms = self.objective.generator_losses(xi, out, self.model.decoder.last_layer, self.step)
+                losses = {k: float(v.detach()) for k, v in terms.items()}
+                self._check_finite(losses)
+                (terms["total"] / len(chunks)).backward()
+            if adversarial:
+                with torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16,
+                                    enabled=self.autocast):
+                    d_terms = self.objective.discriminator_loss(xi, out)
+                d_losses = {k: float(v.detach()) for k, v in d_terms.items()}
+                self._check_finite(d_losses)
+                (d_terms["d_total"] / len(chunks)).backward()
+                losses.update(d_losses)
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + v / len(chunks)
+            if self.dead_codes.enabled:
+                self._count_codes(out)
         if self.config.train.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        if self.objective.adversarial_active(self.step):
-            d_terms = self.objective.discriminator_loss(x, out)
-            d_losses = {k: float(v.detach()) for k, v in d_terms.items()}
-            self._check_finite(d_losses)
+        if adversarial:
             for group in self.disc_optimizer.param_groups:
                 group["lr"] = self.disc_lr * self.lr_factor(self.step)
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_terms["d_total"].backward()
             if self.dist.enabled:  # one discriminator for all ranks: average its gradients
                 for p in self.objective.discriminator_parameters():
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad.div_(self.dist.world_size)
             self.disc_optimizer.step()
-            losses.update(d_losses)
         self.optimizer.step()
         self.scheduler.step()
         if self.dead_codes.enabled:
-            q = self.model.quantizer
-            if out.mu is not None and getattr(q, "quantize_sample", False):
-                # tokens come from mu: a code is alive when it is some mu's nearest code (the
-                # training indices of the noisy samples z_c reach far more codes than mu does)
-                with torch.no_grad():
-                    self.dead_codes.update(q.codebook.search(out.mu, q.codebook.vectors(), q.search_block))
-            else:
-                self.dead_codes.update(out.indices)
             latents = out.mu if out.mu is not None else out.z_c
-            restarted = self.dead_codes.maybe_restart(self.step + 1, self.model.quantizer, latents,
+            restarted = self.dead_codes.maybe_restart(self.step + 1, self.model.quantizer, latents.float(),
                                                       self.optimizer)
             if restarted:
                 self.log({"step": self.step + 1, "restarted_codes": restarted})
         if self.ema is not None:
             self.ema.update(self.model)
-        return losses
+        return totals
+
+    def _count_codes(self, out) -> None:
+        q = self.model.quantizer
+        if out.mu is not None and getattr(q, "quantize_sample", False):
+            # tokens come from mu: a code is alive when it is some mu's nearest code (the
+            # training indices of the noisy samples z_c reach far more codes than mu does)
+            with torch.no_grad():
+                self.dead_codes.update(q.codebook.search(out.mu.float(), q.codebook.vectors(), q.search_block))
+        else:
+            self.dead_codes.update(out.indices)
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         if not all(math.isfinite(v) for v in losses.values()):
