@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/tiny-demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-bench: setup
-	$(PY) benchmarks/bench_search.py
+# the peer of the quantizer benchmark, into this environment only (never a vaevq dependency);
+# torch pinned to the installed build so the install cannot replace it
+bench-deps: setup
+	$(PY) -m pip install --quiet vector-quantize-pytorch "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
+
+bench: bench-deps
+	$(PY) benchmarks/bench_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

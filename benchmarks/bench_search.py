@@ -19,27 +19,35 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from vaevq.quantizers import nearest_code
 n, d, k, what, repeat = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+device = sys.argv[6]
+cuda = device == "cuda"
 torch.manual_seed(0)
-z, e = torch.randn(n, d), torch.randn(k, d)
+z, e = torch.randn(n, d, device=device), torch.randn(k, d, device=device)
 if what == "matmul":
-    out = torch.empty(n, k)
+    out = torch.empty(n, k, device=device)
     run = lambda: torch.mm(z, e.t(), out=out)
 else:
     run = lambda: nearest_code(z, e)
-def rss_kb():
+def peak_kb():
+    if cuda:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 1024
     with open("/proc/self/status") as fh:
         return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM"))
-base = rss_kb()
+base = peak_kb()
 run()
 best = float("inf")
 for _ in range(repeat):
-    t0 = time.perf_counter(); run(); best = min(best, time.perf_counter() - t0)
-print(json.dumps({"seconds": best, "extra_mb": (rss_kb() - base) / 1024}))
+    t0 = time.perf_counter(); run()
+    if cuda:
+        torch.cuda.synchronize()
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps({"seconds": best, "extra_mb": (peak_kb() - base) / 1024}))
 """
 
 
-def measure(n: int, d: int, k: int, what: str, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(d), str(k), what, str(repeat)],
+def measure(n: int, d: int, k: int, what: str, repeat: int, device: str = "cpu") -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(d), str(k), what, str(repeat), device],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

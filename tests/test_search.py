@@ -208,3 +208,30 @@ def test_large_search_spot_checked():
         exact += int(got[r] == dist.argmin())
     assert exact >= 60
     print(f"nearest_code N={n} K={k} d={d}: {elapsed:.2f} s")
+
+
+def test_codebook_norm_cache_follows_every_change_of_the_codebook():
+    from vaevq.quantizers.base import Codebook
+
+    torch.manual_seed(0)
+    book = Codebook(50, 6, init="normal")
+    z = torch.randn(2, 6, 3, 3)
+
+    def brute(vectors):
+        flat = z.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+        return torch.from_numpy(brute_force(flat, vectors.detach().double().numpy())).view(2, 3, 3)
+
+    first = book.squared_norms(book.vectors())
+    assert book.squared_norms(book.vectors()) is first  # reused within a step
+    optimizer = torch.optim.Adam(book.parameters(), lr=0.5)
+    book.embedding.grad = torch.randn_like(book.embedding)
+    optimizer.step()  # every code moves
+    assert book.squared_norms(book.vectors()) is not first
+    torch.testing.assert_close(book.squared_norms(book.vectors()), book.embedding.detach().pow(2).sum(1))
+    assert torch.equal(book.search(z, book.vectors(), 16), brute(book.vectors()))
+    with torch.no_grad():  # an in-place restart of some codes
+        book.embedding[:10] = z.permute(0, 2, 3, 1).reshape(-1, 6)[:10]
+    assert torch.equal(book.search(z, book.vectors(), 16), brute(book.vectors()))
+    projected = Codebook(50, 6, projection=True)
+    torch.testing.assert_close(projected.squared_norms(projected.vectors()),
+                               projected.vectors().detach().pow(2).sum(1))

@@ -64,11 +64,25 @@ class Codebook(nn.Module):
         vectors = self.vectors() if vectors is None else vectors
         return rearrange(vectors[indices], "b h w d -> b d h w")
 
+    def squared_norms(self, vectors: torch.Tensor) -> torch.Tensor:
+        """||e_k||^2 (K,); cached while the codebook parameter is unchanged (one optimizer step:
+        every search of a step, the training forward and dead-code counting, shares it)."""
+        vectors = vectors.detach()
+        if vectors is not self.embedding.detach() and vectors.data_ptr() != self.embedding.data_ptr():
+            return vectors.pow(2).sum(1)  # a projected codebook: a new tensor every call
+        key = (self.embedding._version, vectors.dtype, vectors.device, vectors.shape)
+        cached = getattr(self, "_norms", None)
+        if cached is None or cached[0] != key:
+            cached = (key, vectors.pow(2).sum(1))
+            self._norms = cached
+        return cached[1]
+
     def search(self, z: torch.Tensor, vectors: torch.Tensor, block: int) -> torch.Tensor:
         """(B, d, h, w) -> (B, h, w) nearest-code indices."""
         b, _, h, w = z.shape
         flat = rearrange(z.detach(), "b d h w -> (b h w) d")
-        return nearest_code(flat, vectors.detach(), code_block=block).view(b, h, w)
+        return nearest_code(flat, vectors.detach(), code_block=block,
+                            codebook_sq_norms=self.squared_norms(vectors)).view(b, h, w)
 
 
 class CodebookQuantizer(nn.Module):

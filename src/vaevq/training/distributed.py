@@ -52,6 +52,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_gather_cat(values: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D CPU tensor of any length from every rank, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    parts: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values.cpu())
+    return torch.cat([p for p in parts if p is not None])
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -7,20 +7,20 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vaevq.metrics import CodebookUsage, psnr, ssim
-from vaevq.training.distributed import all_reduce_sum
+from vaevq.training.distributed import all_gather_cat, all_reduce_sum
 
 MAX_ERRORS = 1_000_000
 
 
 def codebook_statistics(model, errors: list[torch.Tensor]) -> dict[str, float]:
-    """Quantization error ||z - z_q|| (mean and quantiles over the first MAX_ERRORS tokens of this
-    rank's share of the split) and, for an
+    """Quantization error ||z - z_q|| (mean and quantiles over the first MAX_ERRORS tokens of the
+    split, gathered from every rank) and, for an
     explicit codebook, its squared W2 distance to N(0, I) (the DCR quantity plus d)."""
     from vaevq.losses import dcr_loss
 
     stats: dict[str, float] = {}
-    if errors:
-        e = torch.cat(errors).double()
+    e = torch.cat(errors).double() if errors else torch.zeros(0)
+    if e.numel():
         stats["quant_error_mean"] = float(e.mean())
         for q in (0.5, 0.9, 0.99):
             stats[f"quant_error_p{int(q * 100)}"] = float(torch.quantile(e, q))
@@ -68,7 +68,7 @@ def evaluate(
         x = x.to(device)
         out = model.reconstruct_paths(x)
         usage.update(out.indices)
-        if out.quant_error is not None and sum(e.numel() for e in errors) < MAX_ERRORS:
+        if out.quant_error is not None and sum(e.numel() for e in errors) < MAX_ERRORS // world_size:
             errors.append(out.quant_error.flatten().cpu())
         sums[0] += psnr(x, out.rec_q).sum().cpu()
         sums[1] += ssim(x, out.rec_q).sum().cpu()
@@ -94,6 +94,8 @@ def evaluate(
         metrics[name] = fd.compute()
         fd.reset()
     metrics.update(usage.summary())
+    # the quantization errors of every rank (quantiles of the whole split, not of rank 0's shard)
+    errors = [all_gather_cat(torch.cat(errors) if errors else torch.zeros(0))]
     metrics.update(codebook_statistics(model, errors))
     metrics["images"] = int(sums[3])
     return metrics

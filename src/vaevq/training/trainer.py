@@ -140,7 +140,8 @@ class Trainer:
         # data prepared on rank 0 first (brain MRI slice cache), then read by the others
         if not self.dist.is_main:
             barrier()
-        self.train_set, self.eval_set = build_datasets(config, self.run_dir, progress=self.dist.is_main)
+        self.train_set, self.eval_set = build_datasets(config, self.run_dir,
+                                                       progress=self.dist.is_main and t.progress)
         if self.dist.is_main:
             barrier()
         global_batch = t.batch_size * self.dist.world_size * t.grad_accum
