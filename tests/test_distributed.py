@@ -158,3 +158,46 @@ def test_torchrun_command_line(tmp_path):
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "model").is_dir()
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss/total" in r] == [1, 2, 3]
+
+
+def test_quantizer_stays_float32_under_bf16_autocast():
+    """Under autocast the encoder and decoder run in bfloat16; the search, RCS, DCR and KL do not."""
+    from vaevq.models import VAEVQ
+
+    config = load_config("tiny", FAST)
+    torch.manual_seed(0)
+    model = VAEVQ(config).train()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    noise = torch.randn(4, 8, 8, 8)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(x, noise=noise)
+        features = model.encode_features(x)
+    assert features.dtype == torch.bfloat16  # autocast is really on for the encoder
+    assert out.mu.dtype == torch.float32 and out.z_q.dtype == torch.float32
+    for name in ("rcs", "dcr", "kl"):
+        assert out.losses[name].dtype == torch.float32, name
+    # the tokens are the exact nearest codes of the float32 sample (float64 brute force)
+    z = (out.mu + torch.exp(0.5 * out.logvar) * noise).permute(0, 2, 3, 1).reshape(-1, 8).double()
+    codebook = model.quantizer.codebook.vectors().detach().double()
+    expected = torch.cdist(z, codebook).argmin(1).view(4, 8, 8)
+    assert torch.equal(out.indices, expected)
+    out.losses["total"].backward()
+    assert model.quantizer.codebook.embedding.grad.dtype == torch.float32
+
+
+def test_training_with_bf16_on_cpu_says_it_trains_in_float32(tmp_path, capsys):
+    trainer = Trainer(load_config("tiny", FAST + ["train.steps=1", "train.batch_size=4",
+                                                  "train.precision=bf16"]), tmp_path)
+    trainer.train()
+    assert "float32" in capsys.readouterr().out and not trainer.autocast
+
+
+@pytest.mark.slow
+def test_compiled_encoder_and_decoder_train_and_keep_the_state_dict_keys(tmp_path):
+    plain = Trainer(load_config("tiny", FAST + ["train.steps=2", "train.batch_size=4"]), tmp_path / "a")
+    plain.train()
+    compiled = Trainer(load_config("tiny", FAST + ["train.steps=2", "train.batch_size=4", "train.compile=true"]),
+                       tmp_path / "b")
+    compiled.train()
+    assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
+    _assert_same(compiled.model.state_dict(), plain.model.state_dict(), atol=PARAM_ATOL)

@@ -76,7 +76,7 @@ class ModelConfig:
     estimator: str = "straight-through"  # straight-through | released
     logvar_min: float = -30.0
     logvar_max: float = 20.0
-    search_block: int = 1024  # codes per block of the nearest-code search
+    search_block: int = 256  # codes per block of the nearest-code search (4096 rows per block)
     # dead-code restart (not in the paper; docs/design.md): every interval steps, codes chosen fewer
     # than threshold times in the interval (all ranks) move onto random encoder outputs; 0 disables
     dead_code_interval: int = 0

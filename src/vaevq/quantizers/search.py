@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_ROW_BLOCK = 1024
+DEFAULT_ROW_BLOCK = 4096
 _INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64,
            torch.float16: torch.int16, torch.bfloat16: torch.int16}
-DEFAULT_CODE_BLOCK = 1024
+DEFAULT_CODE_BLOCK = 256
 
 
 @torch.no_grad()

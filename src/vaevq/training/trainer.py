@@ -325,7 +325,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         n = min(self.config.eval.grid_images, len(self.eval_set))
-        images = torch.stack([self.eval_set[i] for i in range(n)]).to(self.dist.device)
+        picks = torch.linspace(0, len(self.eval_set) - 1, n).long().tolist()  # spread over the split
+        images = torch.stack([self.eval_set[i] for i in picks]).to(self.dist.device)
         reconstruction_grid(self.eval_model(), images, self.run_dir / "images" / f"step{self.step:07d}.png")
 
     # ------------------------------------------------------------------ loop
