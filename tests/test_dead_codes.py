@@ -64,10 +64,16 @@ def test_more_dead_codes_than_latents_gives_distinct_codes():
     assert torch.unique(q.codebook.embedding.detach(), dim=0).shape[0] == 64
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "lfq", "simvq"])
-def test_quantizers_without_free_codes_refuse(quantizer):
+@pytest.mark.parametrize("quantizer", ["fsq", "lfq", "simvq", "lc"])
+def test_quantizers_without_free_codes_turn_it_off_and_say_so(quantizer):
+    with pytest.warns(UserWarning, match=f"does not apply to model.quantizer={quantizer}"):
+        config = _config(f"model.quantizer={quantizer}", "model.codebook_size=256", "model.dead_code_interval=10")
+    assert config.model.dead_code_interval == 0
+
+
+def test_negative_interval_is_an_error():
     with pytest.raises(ConfigError, match="dead_code_interval"):
-        _config(f"model.quantizer={quantizer}", "model.codebook_size=256", "model.dead_code_interval=10")
+        _config("model.dead_code_interval=-1")
 
 
 def test_restart_in_training_is_logged_and_resumes_exactly(tmp_path):

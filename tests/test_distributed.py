@@ -91,14 +91,18 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tmp_path)
     _assert_same(r0["grads"], r1["grads"], atol=0)
     _assert_same(r0["params"], single1.model.state_dict(), atol=2.5e-3)
 
-    single = Trainer(load_config("tiny", FAST + ["train.batch_size=12", "train.steps=4"]), tmp_path / "one")
+    # (with the Frechet distance on: its feature statistics are reduced over ranks)
+    single = Trainer(load_config("tiny", FAST + ["train.batch_size=12", "train.steps=4", "eval.fid_effnet=true"]),
+                     tmp_path / "one")
     single_metrics = single.train()
     reference = single.model.state_dict()
-    r0, r1 = _spawn(tmp_path / "two", per_rank + ["train.steps=4"], tmp_path / "out2")
+    r0, r1 = _spawn(tmp_path / "two", per_rank + ["train.steps=4", "eval.fid_effnet=true"], tmp_path / "out2")
     _assert_same(r0["params"], r1["params"], atol=0)  # every rank holds the same model
     _assert_same(r0["params"], reference, atol=PARAM_ATOL)
     assert r0["metrics"] == r1["metrics"]
     assert r0["metrics"]["psnr"] == pytest.approx(single_metrics["psnr"], abs=0.05)
+    assert r0["metrics"]["fid_effnet"] == pytest.approx(single_metrics["fid_effnet"], rel=0.02)
+    assert r0["metrics"]["images"] == single_metrics["images"] == 48
     # utilization is global: the union of both ranks' tokens, not rank 0's
     k = load_config("tiny", FAST).model.codebook_size
     union = CodebookUsage(k)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -387,8 +388,11 @@ def finalize(config: Config) -> Config:
     if config.model.dead_code_interval < 0:
         raise ConfigError(f"model.dead_code_interval must be >= 0; got {config.model.dead_code_interval}")
     if config.model.dead_code_interval and config.model.quantizer in ("fsq", "lfq", "simvq", "lc"):
-        raise ConfigError(f"model.dead_code_interval: model.quantizer={config.model.quantizer} has no "
-                          "free code vectors to restart; set model.dead_code_interval=0")
+        # tiny's restart setting must not stop `model.quantizer=simvq` on tiny: turned off, said so
+        warnings.warn(f"model.dead_code_interval={config.model.dead_code_interval} does not apply to "
+                      f"model.quantizer={config.model.quantizer} (no free code vectors to restart); "
+                      "dead-code restart is off for this run", stacklevel=2)
+        config.model.dead_code_interval = 0
     if not config.model.ch_mult:
         raise ConfigError("model.ch_mult must have at least one entry")
     factor = 2 ** (len(config.model.ch_mult) - 1)

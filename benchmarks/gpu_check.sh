@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The one prepared GPU check (for a session that is lent a GPU): a CUDA smoke test of training
+# (bf16 autocast, channels_last, torch.compile) and every benchmark table on the GPU.
+#   bash benchmarks/gpu_check.sh OUT_DIR      (a few minutes on one H100)
+set -euo pipefail
+OUT=${1:-gpu-check}
+mkdir -p "$OUT"
+python -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name())"
+python -m vaevq train tiny train.steps=60 train.precision=bf16 eval.rfid=false \
+    --device cuda --out "$OUT/tiny-bf16" 2>&1 | tail -3
+python -m vaevq train tiny train.steps=30 train.compile=true eval.rfid=false \
+    --device cuda --out "$OUT/tiny-compiled" 2>&1 | tail -3
+python benchmarks/bench_all.py --device cuda --threads 8 2>&1 | tee "$OUT/bench.txt"
