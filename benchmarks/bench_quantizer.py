@@ -18,6 +18,11 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_search import TIMING  # noqa: E402
 
 CHILD = r"""
 import json, sys, time, torch
@@ -52,22 +57,7 @@ else:
     def run():
         quantized, indices, loss = q(x)
         (quantized.square().mean() + loss.sum()).backward()
-def peak_kb():
-    if cuda:
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 1024
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM"))
-base = peak_kb()
-run()
-best = float("inf")
-for _ in range(repeat):
-    t0 = time.perf_counter(); run()
-    if cuda:
-        torch.cuda.synchronize()
-    best = min(best, time.perf_counter() - t0)
-print(json.dumps({"seconds": best, "extra_mb": (peak_kb() - base) / 1024}))
-"""
+""" + TIMING
 
 
 def measure(n: int, d: int, k: int, what: str, repeat: int, threads: int, timeout: float,

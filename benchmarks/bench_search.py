@@ -15,19 +15,9 @@ import json
 import subprocess
 import sys
 
-CHILD = r"""
-import json, resource, sys, time, torch
-from vaevq.quantizers import nearest_code
-n, d, k, what, repeat = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-device = sys.argv[6]
-cuda = device == "cuda"
-torch.manual_seed(0)
-z, e = torch.randn(n, d, device=device), torch.randn(k, d, device=device)
-if what == "matmul":
-    out = torch.empty(n, k, device=device)
-    run = lambda: torch.mm(z, e.t(), out=out)
-else:
-    run = lambda: nearest_code(z, e)
+# The end of every benchmark child script: time `run` (best of `repeat` after one warm-up) and
+# report the growth of the peak memory (resident set on CPU, allocated memory on CUDA).
+TIMING = r"""
 def peak_kb():
     if cuda:
         torch.cuda.synchronize()
@@ -44,6 +34,21 @@ for _ in range(repeat):
     best = min(best, time.perf_counter() - t0)
 print(json.dumps({"seconds": best, "extra_mb": (peak_kb() - base) / 1024}))
 """
+
+CHILD = r"""
+import json, resource, sys, time, torch
+from vaevq.quantizers import nearest_code
+n, d, k, what, repeat = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+device = sys.argv[6]
+cuda = device == "cuda"
+torch.manual_seed(0)
+z, e = torch.randn(n, d, device=device), torch.randn(k, d, device=device)
+if what == "matmul":
+    out = torch.empty(n, k, device=device)
+    run = lambda: torch.mm(z, e.t(), out=out)
+else:
+    run = lambda: nearest_code(z, e)
+""" + TIMING
 
 
 def measure(n: int, d: int, k: int, what: str, repeat: int, device: str = "cpu") -> dict:

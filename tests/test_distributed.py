@@ -126,12 +126,15 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tmp_path)
     _assert_same(s0["params"], r0["params"], atol=0)
 
 
+def _trained(run_dir, *overrides):
+    trainer = Trainer(load_config("tiny", FAST + list(overrides)), run_dir)
+    trainer.train()
+    return trainer
+
+
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
-    full = Trainer(load_config("tiny", FAST + ["train.batch_size=12", "train.steps=3"]), tmp_path / "a")
-    full.train()
-    accum = Trainer(load_config("tiny", FAST + ["train.batch_size=4", "train.grad_accum=3", "train.steps=3"]),
-                    tmp_path / "b")
-    accum.train()
+    full = _trained(tmp_path / "a", "train.batch_size=12", "train.steps=3")
+    accum = _trained(tmp_path / "b", "train.batch_size=4", "train.grad_accum=3", "train.steps=3")
     _assert_same_grads(_grads(accum.model), _grads(full.model))
     _assert_same(full.model.state_dict(), accum.model.state_dict(), atol=PARAM_ATOL)
 
@@ -198,10 +201,7 @@ def test_training_with_bf16_on_cpu_says_it_trains_in_float32(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compiled_encoder_and_decoder_train_and_keep_the_state_dict_keys(tmp_path):
-    plain = Trainer(load_config("tiny", FAST + ["train.steps=2", "train.batch_size=4"]), tmp_path / "a")
-    plain.train()
-    compiled = Trainer(load_config("tiny", FAST + ["train.steps=2", "train.batch_size=4", "train.compile=true"]),
-                       tmp_path / "b")
-    compiled.train()
+    plain = _trained(tmp_path / "a", "train.steps=2", "train.batch_size=4")
+    compiled = _trained(tmp_path / "b", "train.steps=2", "train.batch_size=4", "train.compile=true")
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
     _assert_same(compiled.model.state_dict(), plain.model.state_dict(), atol=PARAM_ATOL)
