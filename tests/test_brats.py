@@ -209,8 +209,11 @@ def test_no_subject_in_both_splits_and_eval_uses_the_runs_split(brats_root, tmp_
 
 
 def test_contrasts_as_channels(brats_root, tmp_path):
-    config = load_config("brats-f16", _overrides(brats_root, tmp_path, "data.contrasts=[t1n,t1c,t2w,t2f]",
-                                                 "data.contrast_mode=channels"))
+    four = ["data.contrasts=[t1n,t1c,t2w,t2f]", "data.contrast_mode=channels"]
+    with pytest.raises(ConfigError, match="loss.perceptual_weight=0 eval.lpips_net=null eval.fid_effnet=false"):
+        load_config("brats-f16", _overrides(brats_root, tmp_path, *four))
+    config = load_config("brats-f16", _overrides(brats_root, tmp_path, *four, "loss.perceptual_weight=0",
+                                                 "eval.lpips_net=null", "eval.fid_effnet=false", "eval.rfid=false"))
     assert config.model.in_channels == 4
     train, _ = build_datasets(config)
     assert train[0].shape == (4, 32, 32)

@@ -430,6 +430,18 @@ def _finalize_data(config: Config) -> None:
         raise ConfigError(f"data.brain_subjects must be at least 2; got {d.brain_subjects}")
     channels = len(d.contrasts) if d.contrast_mode == "channels" and len(d.contrasts) > 1 else 3
     config.model.in_channels = channels
+    if channels != 3:
+        # the pretrained networks (LPIPS, EfficientNet, InceptionV3) take RGB images
+        rgb_only = {"loss.perceptual_weight=0": config.loss.perceptual_weight > 0,
+                    "eval.lpips_net=null": config.eval.lpips_net is not None,
+                    "eval.fid_effnet=false": config.eval.fid_effnet,
+                    "eval.rfid=false": config.eval.rfid}
+        needed = [k for k, on in rgb_only.items() if on]
+        if needed:
+            raise ConfigError(
+                f"data.contrasts {list(d.contrasts)} as channels give {channels}-channel images, but "
+                f"LPIPS, fid-effnet and rFID need 3-channel images: set {' '.join(needed)}, or use "
+                "data.contrast_mode=separate (every contrast a grey image)")
 
 
 def _finalize_quantizer(config: Config) -> None:
