@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -212,8 +213,8 @@ def test_contrasts_as_channels(brats_root, tmp_path):
     four = ["data.contrasts=[t1n,t1c,t2w,t2f]", "data.contrast_mode=channels"]
     with pytest.raises(ConfigError, match="loss.perceptual_weight=0 eval.lpips_net=null eval.fid_effnet=false"):
         load_config("brats-f16", _overrides(brats_root, tmp_path, *four))
-    config = load_config("brats-f16", _overrides(brats_root, tmp_path, *four, "loss.perceptual_weight=0",
-                                                 "eval.lpips_net=null", "eval.fid_effnet=false", "eval.rfid=false"))
+    rgb_off = ["loss.perceptual_weight=0", "eval.lpips_net=null", "eval.fid_effnet=false", "eval.rfid=false"]
+    config = load_config("brats-f16", _overrides(brats_root, tmp_path, *four, *rgb_off))
     assert config.model.in_channels == 4
     train, _ = build_datasets(config)
     assert train[0].shape == (4, 32, 32)
@@ -386,6 +387,14 @@ def test_training_skips_bad_subjects_logs_them_and_writes_the_split(bad_root, tm
     shutil.rmtree(root / "BraTS-ZERO-00000-000")
     assert main(args[:-2] + ["train.steps=3", "--out", str(run), "--resume"]) == 0
     assert json.loads((run / "split.json").read_text()) == split
+    # evaluation on another BraTS root (every usable subject), not one file of a 4-contrast model
+    other = tmp_path / "other"
+    shutil.copytree(root / "BraTS-MNI-00005-000", other / "BraTS-MNI-00005-000")
+    assert main(["eval", "--checkpoint", str(run), "--data", str(other)]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["data"] == str(other) and "every subject (1)" in metrics["split"]
+    one_file = other / "BraTS-MNI-00005-000" / "BraTS-MNI-00005-000-t1n.nii.gz"
+    assert main(["eval", "--checkpoint", str(run), "--data", str(one_file)]) == 2
 
 
 @pytest.mark.slow
@@ -405,3 +414,10 @@ def test_brain_tiny_trains_and_evaluates_end_to_end(tmp_path, capsys):
     else:
         assert "held-out subjects" in metrics["split"] and "not installed" in out
     assert list((run / "eval").glob("*.png"))
+    # one NIfTI volume as the evaluation data (a held-out synthetic subject's T1)
+    split = json.loads((run / "split.json").read_text())
+    held = split["eval"][0]
+    (volume,) = Path(os.environ["VAEVQ_CACHE_DIR"]).glob(f"slices/builtin-brain-*/{held}/{held}-t1n.nii.gz")
+    assert main(["eval", "--checkpoint", str(run), "--data", str(volume)]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["data"] == str(volume) and metrics["images"] > 20

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
                    help="a run folder, a checkpoint .pt file or a save_pretrained folder")
     p.add_argument("--data", metavar="PATH",
-                   help="a folder of images or 'built-in' (default: the run's held-out split)")
+                   help="a folder of images or 'built-in'; for brain MRI runs a BraTS root or one "
+                        "NIfTI volume (default: the run's held-out split)")
     p.add_argument("--max-images", type=int, default=0, metavar="N", help="0: all")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--which", choices=["last", "best"], default="last",
