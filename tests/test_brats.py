@@ -421,3 +421,18 @@ def test_brain_tiny_trains_and_evaluates_end_to_end(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run), "--data", str(volume)]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["data"] == str(volume) and metrics["images"] > 20
+
+
+def test_io_errors_are_reported_but_not_cached(brats_root, tmp_path, monkeypatch):
+    (subject,) = [s for s in find_subjects(brats_root, ("t1n",)) if s.name.endswith("00002-000")]
+    real_load = nib.load
+
+    def failing(path, *a, **k):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(nib, "load", failing)
+    done, problems = prepare_subject(subject, _settings(), tmp_path)
+    assert done is None and "Input/output error" in problems[0].message and problems[0].transient
+    monkeypatch.setattr(nib, "load", real_load)
+    done, problems = prepare_subject(subject, _settings(), tmp_path)  # readable again: prepared
+    assert done is not None and not problems

@@ -28,12 +28,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, run_dir, overrides, resume, out):
+def _worker(rank, world, port, run_dir, overrides, resume, out, preset="tiny"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        trainer = Trainer(load_config("tiny", overrides), run_dir, resume=resume, device="cpu")
+        trainer = Trainer(load_config(preset, overrides), run_dir, resume=resume, device="cpu")
         metrics = trainer.train()
         # this rank's evaluation shard (the same split evaluate() uses) encoded by this rank
         model = trainer.eval_model()
@@ -48,9 +48,10 @@ def _worker(rank, world, port, run_dir, overrides, resume, out):
         shutdown()
 
 
-def _spawn(run_dir, overrides, out, resume=False, world=2):
+def _spawn(run_dir, overrides, out, resume=False, world=2, preset="tiny"):
     out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_worker, args=(world, _free_port(), str(run_dir), overrides, resume, str(out)), nprocs=world)
+    mp.spawn(_worker, args=(world, _free_port(), str(run_dir), overrides, resume, str(out), preset),
+             nprocs=world)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -132,9 +133,23 @@ def _trained(run_dir, *overrides):
     return trainer
 
 
-def test_gradient_accumulation_equals_the_full_batch(tmp_path):
-    full = _trained(tmp_path / "a", "train.batch_size=12", "train.steps=3")
-    accum = _trained(tmp_path / "b", "train.batch_size=4", "train.grad_accum=3", "train.steps=3")
+def test_two_processes_resume_mid_interval_with_dead_code_restart(tmp_path):
+    """Dead-code counts are per rank between restarts: a checkpoint must hold their sum."""
+    run = FAST + ["train.batch_size=6", "model.dead_code_interval=3", "model.dead_code_threshold=3"]
+    straight, _ = _spawn(tmp_path / "a", run + ["train.steps=4"], tmp_path / "oa")
+    _spawn(tmp_path / "b", run + ["train.steps=2"], tmp_path / "ob1")
+    resumed, _ = _spawn(tmp_path / "b", run + ["train.steps=4"], tmp_path / "ob2", resume=True)
+    restarts = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+                if "restarted_codes" in x]
+    assert [r["step"] for r in restarts] == [3]
+    _assert_same(straight["params"], resumed["params"], atol=0)
+
+
+@pytest.mark.parametrize("quantizer", ["vlq", "vq"])
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, quantizer):
+    q = f"model.quantizer={quantizer}"
+    full = _trained(tmp_path / "a", "train.batch_size=12", "train.steps=3", q)
+    accum = _trained(tmp_path / "b", "train.batch_size=4", "train.grad_accum=3", "train.steps=3", q)
     _assert_same_grads(_grads(accum.model), _grads(full.model))
     _assert_same(full.model.state_dict(), accum.model.state_dict(), atol=PARAM_ATOL)
 
@@ -205,3 +220,18 @@ def test_compiled_encoder_and_decoder_train_and_keep_the_state_dict_keys(tmp_pat
     compiled = _trained(tmp_path / "b", "train.steps=2", "train.batch_size=4", "train.compile=true")
     assert compiled.model.state_dict().keys() == plain.model.state_dict().keys()
     _assert_same(compiled.model.state_dict(), plain.model.state_dict(), atol=PARAM_ATOL)
+
+
+def test_two_processes_prepare_the_brain_cache_together_and_train(tmp_path):
+    from vaevq.data.brain import write_synthetic_brats
+
+    root = tmp_path / "brats"
+    write_synthetic_brats(root, 4, seed=1, step=3, contrasts=("t1n",))
+    cache = tmp_path / "cache"
+    overrides = [f"data.root={root}", "data.source=brats", f"data.cache_dir={cache}", "data.resolution=32",
+                 "model.resolution=32", *FAST, "train.batch_size=4", "train.steps=2"]
+    r0, r1 = _spawn(tmp_path / "run", overrides, tmp_path / "out", preset="brain-tiny")
+    _assert_same(r0["params"], r1["params"], atol=0)
+    assert len(list(cache.glob("*.npy"))) == 4  # every subject prepared once
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train"]) == 3 and len(split["eval"]) == 1

@@ -168,7 +168,10 @@ def cmd_eval(args) -> int:
     model = load_model(args.checkpoint, args.which).to(device)
     config = model.config
     run_dir = _run_dir_of(Path(args.checkpoint))
-    dataset = build_eval_dataset(config, args.data, run_dir)
+    # a save_pretrained folder inside a run (RUN/model): the run's split.json is one level up
+    split_dir = (run_dir.parent if not (run_dir / "split.json").is_file()
+                 and (run_dir.parent / "split.json").is_file() else run_dir)
+    dataset = build_eval_dataset(config, args.data, split_dir)
     for note in getattr(dataset, "notes", []):
         print(f"[vaevq] {note}")
     for problem in getattr(dataset, "problems", []):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -167,13 +168,18 @@ def builtin_brain_root(cache: Path, n_subjects: int, seed: int = 0, step: int = 
     marker = root / "COMPLETE.json"
     if marker.is_file():
         return root
-    tmp = root.with_name(root.name + ".partial")
+    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")  # one per process: no shared scratch
     if tmp.exists():
         shutil.rmtree(tmp)
     write_synthetic_brats(tmp, n_subjects, seed, step=step)
     (tmp / "COMPLETE.json").write_text(json.dumps({"source": "nilearn MNI152 2009 T1 + GM/WM maps",
                                                    "subjects": n_subjects, "seed": seed}))
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
+    if root.exists() and not marker.is_file():
+        shutil.rmtree(root, ignore_errors=True)  # an incomplete leftover
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first: keep its copy (the same content)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not marker.is_file():
+            raise
     return root

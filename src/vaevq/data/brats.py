@@ -54,12 +54,17 @@ class DataProblem:
     subject: str
     file: str
     message: str
+    transient: bool = False  # an I/O or memory error, not the file's content: never cached
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"
 
     def to_dict(self) -> dict[str, str]:
         return {"subject": self.subject, "file": self.file, "message": self.message}
+
+
+class TransientReadError(ValueError):
+    """Reading failed for a reason outside the file's content (permissions, I/O, memory)."""
 
 
 @dataclass
@@ -149,6 +154,12 @@ def load_ras(path: Path) -> np.ndarray:
         image = nib.load(str(path))
         image = nib.as_closest_canonical(image)
         data = np.asarray(image.dataobj, dtype=np.float32)
+    except MemoryError as err:
+        raise TransientReadError(f"cannot read (out of memory: {err})") from None
+    except OSError as err:
+        if err.errno is not None:  # EACCES, EIO, ...: the system, not the file's content
+            raise TransientReadError(f"cannot read ({type(err).__name__}: {err})") from None
+        raise ValueError(f"cannot read as NIfTI ({type(err).__name__}: {err})") from None
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for bad files
         raise ValueError(f"cannot read as NIfTI ({type(err).__name__}: {err})") from None
     if data.ndim == 4 and data.shape[3] == 1:
@@ -203,7 +214,8 @@ def slice_subject(subject: Subject, settings: SliceSettings) -> tuple[np.ndarray
         try:
             volume = load_ras(path)
         except ValueError as err:
-            problems.append(DataProblem(subject.name, str(path), str(err)))
+            problems.append(DataProblem(subject.name, str(path), str(err),
+                                        transient=isinstance(err, TransientReadError)))
             continue
         if not np.any(volume):
             problems.append(DataProblem(subject.name, str(path), "all-zero volume"))
@@ -297,8 +309,9 @@ def prepare_subject(subject: Subject, settings: SliceSettings,
     try:
         slices, kept = slice_subject(subject, settings)
     except SubjectProblems as err:
-        atomic_write_text(meta_path, json.dumps({"subject": subject.name,
-                                                 "problems": [p.to_dict() for p in err.problems]}))
+        if not any(p.transient for p in err.problems):  # problems of the content: cached with it
+            atomic_write_text(meta_path, json.dumps({"subject": subject.name,
+                                                     "problems": [p.to_dict() for p in err.problems]}))
         return None, err.problems
     atomic_write(array_path, lambda tmp: _save_npy(tmp, slices.astype(np.float16)))
     atomic_write_text(meta_path, json.dumps({"subject": subject.name, "slices": kept,
@@ -510,6 +523,29 @@ def build_brain_datasets(config, run_dir: str | Path | None = None, progress: bo
     train.split, held.split = split, split
     train.notes, held.notes = notes, notes
     return train, held
+
+
+def warm_brain_cache(config, rank: int, world: int, local_main: bool) -> None:
+    """Many processes: prepare the slice cache in parallel before anyone reads it. The node's
+    first process writes the built-in brain; after a barrier, rank r prepares subjects r, r + world,
+    ... (entries are written atomically). The caller puts a barrier after this."""
+    from vaevq.training.distributed import barrier
+
+    d = config.data
+    if d.source not in ("brats", "brain"):
+        return
+    if d.source == "brain" and local_main:
+        brain_root(d)
+    barrier()
+    settings = SliceSettings.from_config(d)
+    subjects = find_subjects(brain_root(d), settings.contrasts)
+    if d.source == "brain" and rank == 0:
+        from vaevq.data.brain import colin27_path
+
+        colin = colin27_path()
+        if colin is not None and settings.contrasts == ("t1n",):
+            subjects.append(Subject("Colin27", colin.parent, {"t1n": colin}))
+    prepare_subjects(subjects[rank::world], settings, cache_root(d))
 
 
 def brain_eval_dataset(config, path: str | Path) -> SliceDataset:

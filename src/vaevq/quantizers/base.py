@@ -64,18 +64,21 @@ class Codebook(nn.Module):
         vectors = self.vectors() if vectors is None else vectors
         return rearrange(vectors[indices], "b h w d -> b d h w")
 
+    def cache_norms(self, on: bool) -> None:
+        """Switch the squared-norm cache on (by the trainer, for the searches of one step, while
+        the codebook cannot change) or off (and empty it). Off by default: outside a training step
+        every search computes the norms of the codebook as it is."""
+        self._cache_on = on
+        self._norms = None
+
     def squared_norms(self, vectors: torch.Tensor) -> torch.Tensor:
-        """||e_k||^2 (K,); cached while the codebook parameter is unchanged (one optimizer step:
-        every search of a step, the training forward and dead-code counting, shares it)."""
+        """||e_k||^2 (K,) of ``vectors``; reused within a training step (see ``cache_norms``)."""
         vectors = vectors.detach()
-        if vectors is not self.embedding.detach() and vectors.data_ptr() != self.embedding.data_ptr():
-            return vectors.pow(2).sum(1)  # a projected codebook: a new tensor every call
-        key = (self.embedding._version, vectors.dtype, vectors.device, vectors.shape)
-        cached = getattr(self, "_norms", None)
-        if cached is None or cached[0] != key:
-            cached = (key, vectors.pow(2).sum(1))
-            self._norms = cached
-        return cached[1]
+        if not getattr(self, "_cache_on", False):
+            return vectors.pow(2).sum(1)
+        if getattr(self, "_norms", None) is None:
+            self._norms = vectors.pow(2).sum(1)
+        return self._norms
 
     def search(self, z: torch.Tensor, vectors: torch.Tensor, block: int) -> torch.Tensor:
         """(B, d, h, w) -> (B, h, w) nearest-code indices."""

@@ -51,7 +51,10 @@ class DeadCodeRestarter:
             return 0
         flat = rearrange(latents.detach(), "b d h w -> (b h w) d").float()
         gen = torch.Generator().manual_seed(self.seed * 7919 + step)
-        pick = torch.randint(flat.shape[0], (dead.numel(),), generator=gen).to(flat.device)
+        if dead.numel() <= flat.shape[0]:  # distinct tokens: no two restarted codes start equal
+            pick = torch.randperm(flat.shape[0], generator=gen)[: dead.numel()].to(flat.device)
+        else:
+            pick = torch.randint(flat.shape[0], (dead.numel(),), generator=gen).to(flat.device)
         rows = flat[pick]
         if dead.numel() > flat.shape[0]:  # more dead codes than tokens: repeated draws, jittered apart
             scale = flat.std(0, keepdim=True).clamp_min(1e-6) * 1e-2
@@ -69,7 +72,12 @@ class DeadCodeRestarter:
         return int(dead.numel())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts.clone()}
+        """The interval's counts summed over all ranks (a collective call: every rank makes it)."""
+        device = "cuda" if dist.is_available() and dist.is_initialized() and \
+            dist.get_backend() == "nccl" else "cpu"
+        return {"counts": all_reduce_sum(self.counts.to(device)).cpu().clone()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counts = state["counts"].to(torch.float64).cpu().clone()
+    def load_state_dict(self, state: dict[str, Any], main: bool = True) -> None:
+        """Rank 0 resumes with the summed counts, the others with zeros: the next sum is right."""
+        counts = state["counts"].to(torch.float64).cpu().clone()
+        self.counts = counts if main else torch.zeros_like(counts)

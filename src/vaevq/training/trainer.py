@@ -30,7 +30,7 @@ from vaevq.training.checkpoint import (
     save_checkpoint,
 )
 from vaevq.training.dead_codes import DeadCodeRestarter
-from vaevq.training.distributed import DistInfo, barrier, init_distributed
+from vaevq.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from vaevq.training.evaluate import evaluate, frechet_metrics
 from vaevq.training.images import reconstruction_grid
 from vaevq.training.objective import Objective
@@ -137,13 +137,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dist: DistInfo = init_distributed(device)
         t = config.train
-        # data prepared on rank 0 first (brain MRI slice cache), then read by the others
-        if not self.dist.is_main:
+        if self.dist.enabled:  # brain MRI: every rank prepares its share of the slice cache first
+            from vaevq.data.brats import warm_brain_cache
+
+            warm_brain_cache(config, self.dist.rank, self.dist.world_size, self.dist.local_rank == 0)
             barrier()
         self.train_set, self.eval_set = build_datasets(config, self.run_dir,
                                                        progress=self.dist.is_main and t.progress)
-        if self.dist.is_main:
-            barrier()
         global_batch = t.batch_size * self.dist.world_size * t.grad_accum
         if t.epochs > 0:
             self.total_steps = t.epochs * (len(self.train_set) // global_batch)
@@ -233,7 +233,6 @@ class Trainer:
             "ema": self.ema.model.state_dict() if self.ema else None,
             "best": self.best,
             "elapsed": self.elapsed,
-            "dead_codes": self.dead_codes.state_dict() if self.dead_codes.enabled else None,
             **self._adversarial_state(),
         }
 
@@ -268,15 +267,17 @@ class Trainer:
                 self.objective.lecam.load_state_dict(state["lecam"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         if self.dead_codes.enabled and state.get("dead_codes") is not None:
-            self.dead_codes.load_state_dict(state["dead_codes"])
+            self.dead_codes.load_state_dict(state["dead_codes"], main=self.dist.is_main)
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.best = state.get("best", self.best)
         self.resumed_from = self.step
 
     def save(self, name: str = LAST) -> None:
+        # collective parts first (every rank takes part), then rank 0 writes
+        dead_codes = self.dead_codes.state_dict() if self.dead_codes.enabled else None
         if self.dist.is_main:
-            save_checkpoint(checkpoint_dir(self.run_dir) / name, self.state())
+            save_checkpoint(checkpoint_dir(self.run_dir) / name, {**self.state(), "dead_codes": dead_codes})
         barrier()
 
     # ------------------------------------------------------------------ logging
@@ -412,7 +413,7 @@ class Trainer:
                     self.save_images()
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save(LAST)
-                if stop.requested:
+                if self._stop_everywhere(stop.requested):
                     self.save(LAST)
                     bar.close()
                     self.print(f"[vaevq] stopped at step {self.step}; checkpoint saved; "
@@ -441,7 +442,13 @@ class Trainer:
             self.disc_optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         chunks = x.chunk(accum) if accum > 1 else (x,)
-        noise_chunks = noise.chunk(accum) if noise is not None and accum > 1 else (noise,)
+        noise_chunks = noise.chunk(accum) if noise is not None else (None,) * len(chunks)
+        if len(noise_chunks) != len(chunks):
+            raise AssertionError(f"{len(chunks)} micro-batches but {len(noise_chunks)} noise chunks")
+        # the codebook is constant until the optimizer step: every search of this step shares its norms
+        codebook = getattr(self.model.quantizer, "codebook", None)
+        if codebook is not None:
+            codebook.cache_norms(True)
         for i, (xi, ni) in enumerate(zip(chunks, noise_chunks)):
             last = i == len(chunks) - 1
             sync = self.ddp.no_sync() if (self.dist.enabled and not last) else contextlib.nullcontext()
@@ -465,6 +472,8 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + v / len(chunks)
             if self.dead_codes.enabled:
                 self._count_codes(out)
+        if codebook is not None:
+            codebook.cache_norms(False)
         if self.config.train.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         if adversarial:
@@ -487,6 +496,13 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return totals
+
+    def _stop_everywhere(self, requested: bool) -> bool:
+        """A stop asked on any rank stops every rank at the same step (saving is collective)."""
+        if not self.dist.enabled:
+            return requested
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.dist.device)
+        return bool(all_reduce_sum(flag).item() > 0)
 
     def _count_codes(self, out) -> None:
         q = self.model.quantizer
