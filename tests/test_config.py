@@ -87,3 +87,38 @@ def test_parse_overrides_nested():
 def test_exponent_floats_without_a_dot():
     cfg = load_config("tiny", ["train.lr=1e-4", "loss.kl_weight=5E-6"])
     assert cfg.train.lr == 1e-4 and cfg.loss.kl_weight == 5e-6
+
+
+def test_base_inherits_a_preset_or_a_file_and_keys_given_win(tmp_path):
+    from vaevq.config import load_config
+
+    (tmp_path / "mine.yaml").write_text("base: tiny\nmodel:\n  codebook_size: 1024\ntrain:\n  steps: 7\n")
+    mine = load_config(tmp_path / "mine.yaml")
+    tiny = load_config("tiny")
+    assert mine.model.codebook_size == 1024 and mine.train.steps == 7
+    expected = tiny.to_dict()
+    expected["model"]["codebook_size"], expected["train"]["steps"], expected["name"] = 1024, 7, "custom"
+    assert mine.to_dict() == expected
+    # a file as base, relative to the file that names it; overrides still apply last
+    (tmp_path / "child.yaml").write_text("base: mine.yaml\ntrain:\n  batch_size: 3\n")
+    child = load_config(tmp_path / "child.yaml", ["train.steps=9"])
+    assert (child.model.codebook_size, child.train.batch_size, child.train.steps) == (1024, 3, 9)
+    # the shipped ablation presets are tiny with their differences
+    m2 = load_config("m2")
+    assert m2.loss.dcr_weight == 0.0 and m2.model.dead_code_interval == 0
+    assert m2.model.ch_mult == tiny.model.ch_mult and m2.train.steps == tiny.train.steps
+
+
+def test_base_errors_name_the_problem(tmp_path):
+    from vaevq.config import ConfigError, load_config
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: no-such-preset\n")
+    with pytest.raises(ConfigError, match="no-such-preset"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [tiny]\n")
+    with pytest.raises(ConfigError, match="base must be a preset name"):
+        load_config(tmp_path / "d.yaml")

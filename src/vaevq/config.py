@@ -321,11 +321,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def load_config(preset_or_path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a preset by name or a YAML file by path, then apply ``key=value`` overrides."""
-    name = str(preset_or_path)
+def _is_file_reference(name: str) -> bool:
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    return path.suffix in (".yaml", ".yml") or path.exists()
+
+
+def _load_data(name: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """(the YAML mapping of a preset or file, with its ``base:`` chain merged in; its source)."""
+    if _is_file_reference(name):
+        path = Path(name)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         source = str(path)
@@ -337,6 +341,32 @@ def load_config(preset_or_path: str | Path, overrides: list[str] | None = None) 
             )
         source = f"preset {name}"
         data = _read_yaml(resources.files("vaevq") / "configs" / f"{name}.yaml", source)
+    base = data.pop("base", None)
+    if base is not None:
+        # `base: tiny` (a preset) or `base: other.yaml` (a file, relative to this one)
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{source}: base must be a preset name or a YAML file; got {base!r}")
+        if base not in preset_names():
+            if source.startswith("preset "):
+                raise ConfigError(f"{source}: base {base!r} is not a preset")
+            base = str(Path(source).parent / base) if not Path(base).is_absolute() else base
+            if not Path(base).is_file():
+                raise ConfigError(f"{source}: base {base!r} is neither a preset ({', '.join(preset_names())}) "
+                                  "nor an existing YAML file")
+        if base in seen or base == name:
+            raise ConfigError(f"{source}: base {base!r} makes a cycle ({' -> '.join(seen + (name, base))})")
+        parent, _ = _load_data(base, seen + (name,))
+        parent.pop("name", None)
+        data = _merge(parent, data)
+    return data, source
+
+
+def load_config(preset_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a preset by name or a YAML file by path (``base: PRESET_OR_FILE`` inherits from
+    another, keys given here win), then apply ``key=value`` overrides."""
+    name = str(preset_or_path)
+    data, source = _load_data(name)
+    if not _is_file_reference(name):
         data.setdefault("name", name)
     config = config_from_dict(data, source)
     if overrides:
