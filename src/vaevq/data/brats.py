@@ -479,6 +479,25 @@ def brain_split(d: DataConfig, subjects: list[Subject],
     return {"seed": d.split_seed, "eval_fraction": d.eval_fraction, "train": train, "eval": held}, problems
 
 
+def colin27_eval_subject(d: DataConfig, settings: SliceSettings) -> tuple[Subject | None, str | None]:
+    """The built-in brain's evaluation subject, Colin27, when it applies (data.source=brain,
+    data.brain_eval=colin27, contrasts [t1n], mricron-data installed), and a note saying which
+    evaluation data is used and why."""
+    if d.source != "brain" or d.brain_eval != "colin27":
+        return None, None
+    from vaevq.data.brain import COLIN27, colin27_path
+
+    colin = colin27_path()
+    if colin is None:
+        return None, (f"Colin27 ({COLIN27}) is not installed (apt-get install mricron-data); "
+                      "evaluating on the held-out synthetic MNI152 subjects instead")
+    if settings.contrasts != ("t1n",):
+        return None, ("Colin27 has a T1 only; with data.contrasts other than [t1n] evaluation uses "
+                      "the held-out synthetic MNI152 subjects")
+    return (Subject("Colin27", colin.parent, {"t1n": colin}),
+            f"evaluating on Colin27, an independent real brain ({colin})")
+
+
 def build_brain_datasets(config, run_dir: str | Path | None = None, progress: bool = False,
                          allow_empty: bool = False) -> tuple[SliceDataset, SliceDataset]:
     """(train, eval) slice datasets of a brats/brain config. Every problem is on ``.problems``
@@ -496,19 +515,11 @@ def build_brain_datasets(config, run_dir: str | Path | None = None, progress: bo
         notes.append(f"{len(split['new_subjects_ignored'])} subject(s) not in the run's split.json ignored")
     train_subjects = [by_name[n] for n in split["train"] if n in by_name]
     eval_subjects = [by_name[n] for n in split["eval"] if n in by_name]
-    if d.source == "brain" and d.brain_eval == "colin27":
-        from vaevq.data.brain import COLIN27, colin27_path
-
-        colin = colin27_path()
-        if colin is None:
-            notes.append(f"Colin27 ({COLIN27}) is not installed (apt-get install mricron-data); "
-                         "evaluating on the held-out synthetic MNI152 subjects instead")
-        elif settings.contrasts != ("t1n",):
-            notes.append("Colin27 has a T1 only; with data.contrasts other than [t1n] evaluation uses "
-                         "the held-out synthetic MNI152 subjects")
-        else:
-            eval_subjects = [Subject("Colin27", colin.parent, {"t1n": colin})]
-            notes.append(f"evaluating on Colin27, an independent real brain ({colin})")
+    colin, note = colin27_eval_subject(d, settings)
+    if note:
+        notes.append(note)
+    if colin is not None:
+        eval_subjects = [colin]
     train_prepared, train_problems, train_skipped = prepare_subjects(train_subjects, settings, cache, progress)
     eval_prepared, eval_problems, eval_skipped = prepare_subjects(eval_subjects, settings, cache, progress)
     train_problems = split_problems + train_problems
@@ -539,12 +550,9 @@ def warm_brain_cache(config, rank: int, world: int, local_main: bool) -> None:
     barrier()
     settings = SliceSettings.from_config(d)
     subjects = find_subjects(brain_root(d), settings.contrasts)
-    if d.source == "brain" and rank == 0:
-        from vaevq.data.brain import colin27_path
-
-        colin = colin27_path()
-        if colin is not None and settings.contrasts == ("t1n",):
-            subjects.append(Subject("Colin27", colin.parent, {"t1n": colin}))
+    colin, _ = colin27_eval_subject(d, settings)
+    if colin is not None and rank == 0:
+        subjects.append(colin)
     prepare_subjects(subjects[rank::world], settings, cache_root(d))
 
 
