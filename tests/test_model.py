@@ -35,11 +35,13 @@ def test_from_preset_and_shapes(x):
 
 
 def test_total_is_the_weighted_objective(x):
+    # weights in the paper's units (per-image sums), divided by C*H*W = 3*32*32 (SPEC §6): RCS
+    # (summed over d, averaged over the 8x8 positions) by 3*4*4, DCR and KL by 3*32*32
     model = small(["loss.rcs_weight=0.7", "loss.dcr_weight=0.1", "loss.kl_weight=0.01"])
     out = model(x)
     rec = F.mse_loss(out.rec_q, x) + F.mse_loss(out.rec_c, x)
-    expected = (rec + 0.7 * rcs_loss(out.z_q, out.mu, out.logvar)
-                + 0.1 * dcr_loss(model.codebook.vectors()) + 0.01 * kl_loss(out.mu, out.logvar))
+    expected = (rec + 0.7 / 48 * rcs_loss(out.z_q, out.mu, out.logvar)
+                + 0.1 / 3072 * dcr_loss(model.codebook.vectors()) + 0.01 / 3072 * kl_loss(out.mu, out.logvar))
     torch.testing.assert_close(out.losses["total"], expected)
     torch.testing.assert_close(out.losses["rec"], rec)
 

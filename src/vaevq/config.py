@@ -26,9 +26,15 @@ class ConfigError(ValueError):
 class LossConfig:
     rec: str = "l2"  # l2 | l1: pixel loss on both decoding paths
     rec_paths: str = "sum"  # sum (paper eq. 4) | mean (released code averages the two paths)
+    # rcs, dcr and kl weights are in the paper's units (per-image sums), converted to our per-element
+    # means by one rule (vaevq.losses.convention, SPEC §6); the other weights are VQGAN's, used as given
     rcs_weight: float = 1.0
     rcs_form: str = "paper"  # paper: sigma detached, sum over d | released: not detached, mean
     dcr_weight: float = 0.1
+    # what DCR pulls the codebook to (SPEC §7): prior (eq. 11: N(0, I)) | latent (the batch's
+    # posterior means, their mean and covariance detached) | both (eq. 11 on the codebook, and the
+    # same formula on the batch statistics of mu, so both sides meet at the prior)
+    dcr_target: str = "prior"
     kl_weight: float = 1e-6
     commitment_beta: float = 0.25  # beta of the commitment term (vq, its variants, lfq; vlq with codebook_weight)
     codebook_weight: float = 0.0  # vlq only: VQGAN's codebook + beta commitment losses on the sample (M1, M3)
@@ -105,6 +111,10 @@ class DataConfig:
     random_flip: bool = False
     eval_fraction: float | None = None  # held out; None: 0.05 of the images of a folder, 0.2 of BraTS subjects
     split_seed: int = 0  # BraTS: the seeded split of the subjects
+    # built-in photos: the token statistics (utilization, perplexity, quantization error) are counted
+    # on the held-out photos tiled densely enough for at least this many tokens (10 x K at K 16384);
+    # 0: on the evaluation tiles themselves. Image metrics always use the evaluation tiles.
+    usage_tokens: int = 163840
     num_workers: int = 0
     # brain MRI (source brats or brain): see vaevq.data.brats
     contrasts: tuple[str, ...] = ("t1n",)  # of t1n, t1c, t2w, t2f (BraTS 2021 t1, t1ce, t2, flair files too)
@@ -383,6 +393,7 @@ def finalize(config: Config) -> Config:
         "loss.rec": (config.loss.rec, ("l1", "l2")),
         "loss.rec_paths": (config.loss.rec_paths, ("sum", "mean")),
         "loss.rcs_form": (config.loss.rcs_form, ("paper", "released")),
+        "loss.dcr_target": (config.loss.dcr_target, ("prior", "latent", "both")),
         "model.quantize": (config.model.quantize, ("sample", "mean")),
         "model.codebook_init": (config.model.codebook_init, ("uniform", "normal")),
         "model.estimator": (config.model.estimator, ("straight-through", "released")),

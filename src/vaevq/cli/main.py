@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="built-in|PATH", default=None, help="training data for every run")
     p.add_argument("--steps", type=int, default=None, help="training steps of every run (default: preset's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="train every preset once per seed (OUT/<preset>/seed<S>/) and report mean ± std")
+    p.add_argument("--one-seed", nargs="+", default=[], metavar="PRESET",
+                   help="with --seeds: these presets run with the first seed only")
     p.add_argument("--eval-points", type=int, default=6, help="evaluations during training (utilization plot)")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
@@ -156,7 +160,7 @@ def _run_dir_of(checkpoint: Path) -> Path:
 def cmd_eval(args) -> int:
     import torch
 
-    from vaevq.data import build_eval_dataset
+    from vaevq.data import build_eval_dataset, build_token_dataset
     from vaevq.fileio import atomic_write_text
     from vaevq.metrics import CodebookUsage
     from vaevq.perceptual import LPIPS
@@ -182,7 +186,8 @@ def cmd_eval(args) -> int:
         config.eval.inception_weights = args.inception_weights
     frechet, notes = frechet_metrics(config.eval, device)
     usage = CodebookUsage(model.quantizer.codebook_size)
-    metrics = evaluate(model, dataset, batch_size=batch, max_images=args.max_images,
+    metrics = evaluate(model, dataset, token_dataset=build_token_dataset(config, args.data),
+                       batch_size=batch, max_images=args.max_images,
                        device=device, progress=True, lpips=lpips, frechet=frechet, usage=usage)
     brain = config.data.source in ("brats", "brain")
     if brain and args.data is None:
@@ -230,8 +235,10 @@ def cmd_compare(args) -> int:
 
     presets = [p for p in args.presets if "=" not in p]
     overrides = [p for p in args.presets if "=" in p]
+    if args.one_seed and not args.seeds:
+        raise ValueError("--one-seed needs --seeds")
     compare(presets, args.out, data=args.data, steps=args.steps, seed=args.seed, overrides=overrides,
-            eval_points=args.eval_points, device=args.device)
+            eval_points=args.eval_points, device=args.device, seeds=args.seeds, one_seed=args.one_seed)
     return 0
 
 

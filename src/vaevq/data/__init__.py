@@ -5,9 +5,10 @@ from vaevq.data.datasets import (
     ImageFolderDataset,
     build_datasets,
     build_eval_dataset,
+    build_token_dataset,
     image_folder_splits,
 )
 from vaevq.data.sampler import StepBatchSampler
 
 __all__ = ["BuiltinPhotos", "ImageFolderDataset", "StepBatchSampler", "build_datasets",
-           "build_eval_dataset", "image_folder_splits"]
+           "build_eval_dataset", "build_token_dataset", "image_folder_splits"]

@@ -53,34 +53,60 @@ class _Augmenting(Dataset):
         return image
 
 
+def _builtin_images(split: str, resolution: int) -> list[tuple[str, int, torch.Tensor]]:
+    """(name, scale, image (3, H, W) in [-1, 1]) of the built-in photos of a split."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be train or eval, got {split!r}")
+    sources = BUILTIN_TRAIN if split == "train" else BUILTIN_EVAL
+    scales = TRAIN_SCALES if split == "train" else EVAL_SCALES
+    images = []
+    for package, name in sources:
+        path = resources.files(package) / name
+        with resources.as_file(path) as real:
+            if not Path(real).is_file():
+                raise FileNotFoundError(f"built-in photo {name} not found in {package} ({real})")
+            photo = load_rgb(real)
+        images += [(name, s, to_tensor(resize_shorter_side(photo, resolution * s))) for s in scales]
+    return images
+
+
+def _tile_count(images: list[tuple[str, int, torch.Tensor]], resolution: int, stride: int) -> int:
+    return sum(((im.shape[1] - resolution) // stride + 1) * ((im.shape[2] - resolution) // stride + 1)
+               for _, _, im in images)
+
+
+def token_stride(resolution: int, tokens_per_tile: int, min_tokens: int) -> int:
+    """The largest stride (pixels) at which the held-out photos give at least ``min_tokens``
+    tokens (1 if even that is too few)."""
+    images = _builtin_images("eval", resolution)
+    for stride in range(max(1, resolution // 2), 0, -1):
+        if _tile_count(images, resolution, stride) * tokens_per_tile >= min_tokens:
+            return stride
+    return 1
+
+
 class BuiltinPhotos(_Augmenting):
-    """Overlapping tiles (stride resolution/2) of real photos, resized to a few scales.
+    """Overlapping tiles of real photos, resized to a few scales.
 
     split "train": scikit-image's astronaut, chelsea, coffee, rocket, both motorcycle views,
     hubble_deep_field and immunohistochemistry at shorter side 4x and 8x the resolution.
-    split "eval": scikit-learn's china.jpg and flower.jpg at 4x. Deterministic.
+    split "eval": scikit-learn's china.jpg and flower.jpg at 4x. Deterministic. ``stride``:
+    pixels between tiles (default resolution/2); the evaluation's token statistics use a
+    denser stride (:func:`token_stride`).
     """
 
-    def __init__(self, split: str, resolution: int, random_flip: bool = False):
+    def __init__(self, split: str, resolution: int, random_flip: bool = False, stride: int | None = None):
         super().__init__(random_flip and split == "train")
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be train or eval, got {split!r}")
-        sources = BUILTIN_TRAIN if split == "train" else BUILTIN_EVAL
-        scales = TRAIN_SCALES if split == "train" else EVAL_SCALES
-        stride = max(1, resolution // 2)
+        stride = max(1, resolution // 2) if stride is None else stride
+        if stride < 1:
+            raise ValueError(f"stride must be at least 1 pixel, got {stride}")
+        self.stride = stride
         tiles, names = [], []
-        for package, name in sources:
-            path = resources.files(package) / name
-            with resources.as_file(path) as real:
-                if not Path(real).is_file():
-                    raise FileNotFoundError(f"built-in photo {name} not found in {package} ({real})")
-                photo = load_rgb(real)
-            for scale in scales:
-                image = to_tensor(resize_shorter_side(photo, resolution * scale))
-                windows = image.unfold(1, resolution, stride).unfold(2, resolution, stride)
-                windows = windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, resolution, resolution)
-                tiles.append(windows)
-                names += [f"{Path(name).stem}@{scale}x#{i}" for i in range(windows.shape[0])]
+        for name, scale, image in _builtin_images(split, resolution):
+            windows = image.unfold(1, resolution, stride).unfold(2, resolution, stride)
+            windows = windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, resolution, resolution)
+            tiles.append(windows)
+            names += [f"{Path(name).stem}@{scale}x#{i}" for i in range(windows.shape[0])]
         self.tiles = torch.cat(tiles).contiguous()  # (N, 3, r, r) in [-1, 1]
         self.names = names
 
@@ -164,6 +190,19 @@ def build_datasets(config: Config, run_dir: str | Path | None = None,
     train, held = image_folder_splits(d.root, d.eval_fraction)
     return (ImageFolderDataset(train, d.resolution, d.random_crop, d.random_flip),
             ImageFolderDataset(held, d.resolution))
+
+
+def build_token_dataset(config: Config, path: str | None = None) -> Dataset | None:
+    """Where the evaluation counts its token statistics when that is not the image split itself:
+    for the built-in held-out photos (``path`` None or built-in), the same photos tiled at the
+    largest stride that gives at least ``data.usage_tokens`` tokens; otherwise None."""
+    d = config.data
+    builtin = d.source == "builtin" if path is None else path in ("built-in", "builtin")
+    if not builtin or d.usage_tokens <= 0:
+        return None
+    factor = 2 ** (len(config.model.ch_mult) - 1)
+    stride = token_stride(d.resolution, (d.resolution // factor) ** 2, d.usage_tokens)
+    return BuiltinPhotos("eval", d.resolution, stride=stride)
 
 
 def build_eval_dataset(config: Config, path: str | None = None,

@@ -39,24 +39,56 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1).mean()
 
 
-def dcr_loss(codebook: torch.Tensor) -> torch.Tensor:
+def _sqrt_trace(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """sum_j sqrt(lambda_j) with eigenvalues below a floor relative to the largest counted as zero."""
+    floor = (eigenvalues.max().detach() * DCR_RELATIVE_FLOOR).clamp_min(1e-300)
+    return torch.sqrt(torch.maximum(eigenvalues, floor)).sum()
+
+
+def gaussian_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, d) -> float64 mean (d,) and unbiased covariance (d, d) (paper eq. 9-10)."""
+    if rows.dim() != 2 or rows.shape[0] < 2:
+        raise ValueError(f"expected (N, d) rows with N >= 2; got {tuple(rows.shape)}")
+    e = rows.to(torch.float64)
+    mean = e.mean(0)
+    centered = e - mean
+    return mean, centered.t() @ centered / (e.shape[0] - 1)
+
+
+def latent_rows(z: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) latents -> (B*h*w, d) rows: one d-vector per token position."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def dcr_loss(codebook: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Distribution consistency (paper eq. 11), (K, d) -> scalar.
 
-    ||mu_q||^2 + Tr(S) - 2 Tr(S^1/2) with S the unbiased covariance of the codebook rows:
-    the closed-form W2^2 between N(mu_q, S) and N(0, I), minus the constant d. Computed in
-    float64 from the eigenvalues of S only (eigenvector gradients are undefined when
+    Without ``target``: ||mu_q||^2 + Tr(S) - 2 Tr(S^1/2), S the unbiased covariance of the
+    codebook rows: the closed-form W2^2 between N(mu_q, S) and N(0, I), minus the constant d.
+    With ``target = (m, T)`` (a Gaussian the codebook is pulled to, e.g. the detached batch
+    statistics of the latent; SPEC §7): ||mu_q - m||^2 + Tr(S) - 2 Tr((T^1/2 S T^1/2)^1/2),
+    the W2^2 between N(mu_q, S) and N(m, T) minus Tr(T) (constant for the codebook); it equals
+    the first form when m = 0 and T = I. No gradient reaches the target.
+
+    Computed in float64 from eigenvalues only (eigenvector gradients are undefined when
     eigenvalues repeat); eigenvalues below a floor relative to the largest count as zero.
     """
     if codebook.dim() != 2 or codebook.shape[0] < 2:
         raise ValueError(f"dcr_loss expects a (K, d) codebook with K >= 2; got {tuple(codebook.shape)}")
-    e = codebook.to(torch.float64)
-    mean = e.mean(0)
-    centered = e - mean
-    cov = centered.t() @ centered / (e.shape[0] - 1)  # (d, d)
-    eigenvalues = torch.linalg.eigvalsh(cov)
-    floor = (eigenvalues.max().detach() * DCR_RELATIVE_FLOOR).clamp_min(1e-300)
-    trace_sqrt = torch.sqrt(torch.maximum(eigenvalues, floor)).sum()
-    loss = mean.pow(2).sum() + torch.diagonal(cov).sum() - 2.0 * trace_sqrt
+    mean, cov = gaussian_moments(codebook)
+    if target is None:
+        loss = mean.pow(2).sum() + torch.diagonal(cov).sum() - 2.0 * _sqrt_trace(torch.linalg.eigvalsh(cov))
+        return loss.to(codebook.dtype)
+    t_mean, t_cov = (t.detach().to(torch.float64) for t in target)
+    if t_mean.shape != mean.shape or t_cov.shape != cov.shape:
+        raise ValueError(f"target moments of shapes {tuple(t_mean.shape)}, {tuple(t_cov.shape)} for a "
+                         f"codebook of dimension {mean.shape[0]}")
+    values, vectors = torch.linalg.eigh(t_cov)
+    root = (vectors * values.clamp_min(0.0).sqrt()) @ vectors.t()  # T^1/2, symmetric
+    middle = root @ cov @ root
+    middle = 0.5 * (middle + middle.t())  # exactly symmetric for eigvalsh
+    loss = ((mean - t_mean).pow(2).sum() + torch.diagonal(cov).sum()
+            - 2.0 * _sqrt_trace(torch.linalg.eigvalsh(middle)))
     return loss.to(codebook.dtype)
 
 

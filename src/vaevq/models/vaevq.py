@@ -36,10 +36,13 @@ class VAEVQOutput:
 
 @dataclass
 class Reconstruction:
-    rec_q: torch.Tensor  # (B, C, H, W) decoded from the quantized latent
+    rec_q: torch.Tensor | None  # (B, C, H, W) decoded from the quantized latent (None: not decoded)
     rec_c: torch.Tensor | None  # (B, C, H, W) decoded from mu, or None
     indices: torch.Tensor  # (B, h, w) int64
     quant_error: torch.Tensor | None = None  # (B, h, w) ||z - z_q|| of each token
+    latent: torch.Tensor | None = None  # (B, d, h, w) what was quantized (mu for VLQ)
+    codes: torch.Tensor | None = None  # (B, d, h, w) its code vectors z_q
+    logvar: torch.Tensor | None = None  # (B, d, h, w) posterior log-variance (variational quantizers)
 
 
 class VAEVQ(nn.Module):
@@ -180,16 +183,18 @@ class VAEVQ(nn.Module):
         return self.reconstruct_paths(x, continuous=False).rec_q
 
     @torch.no_grad()
-    def reconstruct_paths(self, x: torch.Tensor, continuous: bool = True) -> Reconstruction:
-        """Evaluation-mode reconstructions: quantized path, continuous path (mu; variational
-        quantizers only, and only when ``continuous``) and the token ids."""
+    def reconstruct_paths(self, x: torch.Tensor, continuous: bool = True, decode: bool = True) -> Reconstruction:
+        """Evaluation-mode reconstructions: quantized path (when ``decode``), continuous path (mu;
+        variational quantizers only, and only when ``continuous``), the token ids, and the
+        quantized latent with its codes."""
         was_training = self.training
         self.eval()
         try:
             q = self.quantizer(self.encode_features(x))
             rec_c = (self.decode_latent(q.z_c)
-                     if continuous and self.quantizer.variational else None)
+                     if continuous and decode and self.quantizer.variational else None)
+            rec_q = self.decode_latent(q.z_q_decoder) if decode else None
             error = (q.z - q.z_q).float().norm(dim=1)
-            return Reconstruction(self.decode_latent(q.z_q_decoder), rec_c, q.indices, error)
+            return Reconstruction(rec_q, rec_c, q.indices, error, q.z, q.z_q, q.logvar)
         finally:
             self.train(was_training)

@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from vaevq.config import LossConfig, ModelConfig
-from vaevq.losses.vaevq_losses import dcr_loss, kl_loss, rcs_loss, rcs_loss_released
+from vaevq.losses.convention import effective_weights
+from vaevq.losses.vaevq_losses import (
+    dcr_loss,
+    gaussian_moments,
+    kl_loss,
+    latent_rows,
+    rcs_loss,
+    rcs_loss_released,
+)
 from vaevq.quantizers.base import Codebook, CodebookQuantizer, QuantizerOutput, register_quantizer
 
 
@@ -33,9 +41,12 @@ def _weighted(terms: dict[str, tuple[float, Callable[[], torch.Tensor]]]) -> dic
 class VariationalLatentQuantizer(CodebookQuantizer):
     """Encoder features (B, 2d, h, w) -> posterior (mu, logvar), sample, nearest code.
 
-    Loss terms, each multiplied by its weight from the config: ``rcs`` (paper eq. 7, or the
-    released form), ``dcr`` (paper eq. 11, on the effective codebook), ``kl``, and for the
-    ablations without RCS VQGAN's ``codebook`` and ``commit`` terms on what was quantized.
+    Loss terms, each multiplied by its weight (``rcs``, ``dcr``, ``kl`` converted from the
+    paper's units by :func:`~vaevq.losses.effective_weights`): ``rcs`` (paper eq. 7, or the
+    released form), ``dcr`` (paper eq. 11 on the effective codebook, with the target that
+    ``loss.dcr_target`` names), ``dcr_latent`` (dcr_target=both: the same formula on the batch
+    statistics of mu), ``kl``, and for the ablations without RCS VQGAN's ``codebook`` and
+    ``commit`` terms on what was quantized.
     """
 
     variational = True
@@ -49,10 +60,16 @@ class VariationalLatentQuantizer(CodebookQuantizer):
         self.logvar_range = (model.logvar_min, model.logvar_max)
         self.search_block = model.search_block
         self.loss = loss
+        self.pixels = (model.in_channels, 2 ** (len(model.ch_mult) - 1))  # C and f of the images
 
     @property
     def in_channels_factor(self) -> int:
         return 2
+
+    def _dcr(self, vectors: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        if self.loss.dcr_target == "latent":
+            return dcr_loss(vectors, gaussian_moments(latent_rows(mu.detach())))
+        return dcr_loss(vectors)
 
     def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         mu, logvar = h.chunk(2, dim=1)
@@ -75,13 +92,16 @@ class VariationalLatentQuantizer(CodebookQuantizer):
         else:
             z_q_decoder = straight_through(z, z_q)
         rcs = rcs_loss_released if self.loss.rcs_form == "released" else rcs_loss
+        w = effective_weights(self.loss, *self.pixels, mu.shape[1], mu.shape[2] * mu.shape[3])
         losses = _weighted({
             "codebook": (self.loss.codebook_weight, lambda: F.mse_loss(z_q, z.detach())),
             "commit": (self.loss.codebook_weight * self.loss.commitment_beta,
                        lambda: F.mse_loss(z, z_q.detach())),
-            "rcs": (self.loss.rcs_weight, lambda: rcs(z_q, mu, logvar)),
-            "dcr": (self.loss.dcr_weight, lambda: dcr_loss(vectors)),
-            "kl": (self.loss.kl_weight, lambda: kl_loss(mu, logvar)),
+            "rcs": (w["rcs"], lambda: rcs(z_q, mu, logvar)),
+            "dcr": (w["dcr"], lambda: self._dcr(vectors, mu)),
+            "dcr_latent": (w["dcr"] if self.loss.dcr_target == "both" else 0.0,
+                           lambda: dcr_loss(latent_rows(mu))),
+            "kl": (w["kl"], lambda: kl_loss(mu, logvar)),
         })
         return QuantizerOutput(z, z_c, z_q, z_q_decoder, indices, losses, mu, logvar)
 

@@ -1,4 +1,4 @@
-"""Evaluation on a whole split: PSNR, SSIM (per image, SPEC §4) and codebook usage."""
+"""Evaluation on a whole split: PSNR, SSIM (per image, SPEC §4) and the token statistics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vaevq.losses import dcr_loss
 from vaevq.metrics import CodebookUsage, psnr, ssim
+from vaevq.metrics.codebook import LatentSpread
 from vaevq.training.distributed import all_gather_cat, all_reduce_sum
+from vaevq.training.noise import sample_noise
 
 MAX_ERRORS = 1_000_000
 
@@ -16,8 +19,6 @@ def codebook_statistics(model, errors: list[torch.Tensor]) -> dict[str, float]:
     """Quantization error ||z - z_q|| (mean and quantiles over the first MAX_ERRORS tokens of the
     split, gathered from every rank) and, for an
     explicit codebook, its squared W2 distance to N(0, I) (the DCR quantity plus d)."""
-    from vaevq.losses import dcr_loss
-
     stats: dict[str, float] = {}
     e = torch.cat(errors).double() if errors else torch.zeros(0)
     if e.numel():
@@ -31,11 +32,69 @@ def codebook_statistics(model, errors: list[torch.Tensor]) -> dict[str, float]:
     return stats
 
 
+class TokenStatistics:
+    """Everything counted over the tokens of a split (SPEC §4): the codes of ``encode`` (mu's,
+    ``utilization``), the codes of sampled latents z_c = mu + sigma * eps under the training
+    noise (``utilization_sampled``; image i's eps from seed i, so independent of the number of
+    ranks), the quantization errors ||z - z_q|| and their size relative to the latent's spread."""
+
+    def __init__(self, model, usage: CodebookUsage | None = None):
+        self.model = model
+        k = model.quantizer.codebook_size
+        self.usage = usage if usage is not None else CodebookUsage(k)
+        self.usage_sampled = CodebookUsage(k)
+        self.spread: LatentSpread | None = None
+        self.errors: list[torch.Tensor] = []  # ||z - z_q|| per token, at most MAX_ERRORS per rank
+        self.world_size = 1
+
+    def update(self, out, seeds: torch.Tensor) -> None:
+        """``out``: a :class:`~vaevq.models.vaevq.Reconstruction`; ``seeds`` (B,) image seeds."""
+        self.usage.update(out.indices)
+        self.usage_sampled.update(self._sampled_indices(out, seeds))
+        if self.spread is None:
+            self.spread = LatentSpread(out.latent.shape[1])
+        self.spread.update(out.latent, out.codes)
+        if sum(e.numel() for e in self.errors) < MAX_ERRORS // self.world_size:
+            self.errors.append(out.quant_error.flatten().cpu())
+
+    def _sampled_indices(self, out, seeds: torch.Tensor) -> torch.Tensor:
+        codebook = getattr(self.model.quantizer, "codebook", None)
+        if out.logvar is None or codebook is None:
+            return out.indices  # no noise: the sample is the latent itself
+        noise = sample_noise(seeds, tuple(out.latent.shape[1:]), out.latent.device)
+        z_c = out.latent + torch.exp(0.5 * out.logvar) * noise
+        return codebook.search(z_c, codebook.vectors(), self.model.quantizer.search_block)
+
+    def summary(self) -> dict[str, float]:
+        self.usage.all_reduce()
+        self.usage_sampled.all_reduce()
+        metrics: dict[str, float] = dict(self.usage.summary())
+        sampled = self.usage_sampled.summary("_sampled")
+        metrics.update({k: v for k, v in sampled.items() if k != "tokens_sampled"})
+        if self.spread is not None:
+            self.spread.all_reduce()
+            metrics["quant_error_sq_mean"] = self.spread.mean_squared_error()
+            metrics["latent_spread"] = self.spread.spread()
+            metrics["quant_error_rel"] = self.spread.relative()
+        # the quantization errors of every rank (quantiles of the whole split, not of rank 0's shard)
+        errors = [all_gather_cat(torch.cat(self.errors) if self.errors else torch.zeros(0))]
+        metrics.update(codebook_statistics(self.model, errors))
+        return metrics
+
+
+def _shard_loader(dataset: Dataset, n: int, batch_size: int, rank: int, world_size: int):
+    """Batches of this rank's shard (every world_size-th item) with each item's index in ``dataset``."""
+    indices = list(range(rank, n, world_size))
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    return zip(loader, torch.tensor(indices, dtype=torch.int64).split(batch_size))
+
+
 @torch.no_grad()
 def evaluate(
     model,
     dataset: Dataset,
     *,
+    token_dataset: Dataset | None = None,
     batch_size: int = 64,
     max_images: int = 0,
     device: torch.device | str = "cpu",
@@ -49,27 +108,31 @@ def evaluate(
     """Reconstruct every image (each rank a disjoint shard) and reduce over ranks.
 
     Returns psnr and ssim (means of per-image values, on the quantized reconstruction),
-    psnr_continuous (the continuous path, variational models only), utilization,
-    perplexity, used_codes, dead_codes, tokens and images; with an ``lpips`` module also
-    ``lpips`` (mean per-image distance of the quantized reconstruction) and ``lpips_net``;
-    with ``frechet`` ({metric name: FrechetDistance}) each distance between the originals and
-    the quantized reconstructions (statistics reduced over ranks). Pass ``usage`` to keep the
-    code histogram.
+    psnr_continuous (the continuous path, variational models only), images; with an ``lpips``
+    module also ``lpips`` (mean per-image distance of the quantized reconstruction) and
+    ``lpips_net``; with ``frechet`` ({metric name: FrechetDistance}) each distance between the
+    originals and the quantized reconstructions (statistics reduced over ranks). The token
+    statistics (:class:`TokenStatistics`: utilization, perplexity, used/dead codes, tokens, the
+    same with ``_sampled``, quantization errors) are counted on ``token_dataset`` when given
+    (e.g. denser tiles of the same photos, to have enough tokens for a large codebook) unless
+    ``max_images`` limits the evaluation, else on the evaluated images. Pass ``usage`` to keep
+    the code histogram of ``encode``.
     """
     n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
-    shard = Subset(dataset, list(range(rank, n, world_size)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
-    usage = usage if usage is not None else CodebookUsage(model.quantizer.codebook_size)
-    errors: list[torch.Tensor] = []  # ||z - z_q|| per token (at most MAX_ERRORS kept per rank)
+    if max_images > 0:
+        token_dataset = None  # a quick evaluation: count the tokens of the evaluated images only
+    tokens = TokenStatistics(model, usage)
+    tokens.world_size = world_size
     sums = torch.zeros(5, dtype=torch.float64)  # psnr, ssim, psnr_continuous, images, lpips
     if lpips is not None:
         lpips = lpips.to(device)
-    for x in tqdm(loader, desc="eval", disable=not progress, leave=False):
+    batches = _shard_loader(dataset, n, batch_size, rank, world_size)
+    for x, seeds in tqdm(batches, desc="eval", disable=not progress, leave=False,
+                         total=-(-len(range(rank, n, world_size)) // batch_size)):
         x = x.to(device)
         out = model.reconstruct_paths(x)
-        usage.update(out.indices)
-        if out.quant_error is not None and sum(e.numel() for e in errors) < MAX_ERRORS // world_size:
-            errors.append(out.quant_error.flatten().cpu())
+        if token_dataset is None:
+            tokens.update(out, seeds)
         sums[0] += psnr(x, out.rec_q).sum().cpu()
         sums[1] += ssim(x, out.rec_q).sum().cpu()
         if out.rec_c is not None:
@@ -80,8 +143,11 @@ def evaluate(
         for fd in (frechet or {}).values():
             fd.update(x, real=True)
             fd.update(out.rec_q, real=False)
+    if token_dataset is not None:
+        batches = _shard_loader(token_dataset, len(token_dataset), batch_size, rank, world_size)
+        for x, seeds in tqdm(batches, desc="eval tokens", disable=not progress, leave=False):
+            tokens.update(model.reconstruct_paths(x.to(device), continuous=False, decode=False), seeds)
     sums = all_reduce_sum(sums)
-    usage.all_reduce()
     images = max(int(sums[3]), 1)
     metrics = {"psnr": float(sums[0]) / images, "ssim": float(sums[1]) / images}
     if model.quantizer.variational:
@@ -93,10 +159,7 @@ def evaluate(
         fd.all_reduce()
         metrics[name] = fd.compute()
         fd.reset()
-    metrics.update(usage.summary())
-    # the quantization errors of every rank (quantiles of the whole split, not of rank 0's shard)
-    errors = [all_gather_cat(torch.cat(errors) if errors else torch.zeros(0))]
-    metrics.update(codebook_statistics(model, errors))
+    metrics.update(tokens.summary())
     metrics["images"] = int(sums[3])
     return metrics
 

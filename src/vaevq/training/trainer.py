@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vaevq.config import Config
-from vaevq.data import StepBatchSampler, build_datasets
+from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset
 from vaevq.fileio import atomic_write_text
 from vaevq.models import VAEVQ
 from vaevq.perceptual import LPIPS
@@ -33,6 +33,7 @@ from vaevq.training.dead_codes import DeadCodeRestarter
 from vaevq.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from vaevq.training.evaluate import evaluate, frechet_metrics
 from vaevq.training.images import reconstruction_grid
+from vaevq.training.noise import sample_noise
 from vaevq.training.objective import Objective
 
 
@@ -64,14 +65,6 @@ def effective_lr(config: Config, world_size: int) -> tuple[float, str]:
     lr = t.lr * factor
     return lr, (f"lr {lr:g} = train.lr {t.lr:g} x ({global_batch} / {base})"
                 f"{'' if t.lr_scale == 'linear' else '^0.5'} (train.lr_scale={t.lr_scale})")
-
-
-def sample_noise(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """VLQ noise eps (B, *shape): image i's from its own seed, so the noise an image gets does not
-    depend on the number of processes or micro-batches the global batch is split into."""
-    gen = torch.Generator()
-    rows = [torch.randn(shape, generator=gen.manual_seed(int(s) ^ 0x5DEECE66D)) for s in seeds.tolist()]
-    return torch.stack(rows).to(device, non_blocking=True)
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -144,6 +137,7 @@ class Trainer:
             barrier()
         self.train_set, self.eval_set = build_datasets(config, self.run_dir,
                                                        progress=self.dist.is_main and t.progress)
+        self.token_set = build_token_dataset(config)  # denser tiles for the token statistics, or None
         global_batch = t.batch_size * self.dist.world_size * t.grad_accum
         if t.epochs > 0:
             self.total_steps = t.epochs * (len(self.train_set) // global_batch)
@@ -310,8 +304,8 @@ class Trainer:
 
     def run_eval(self) -> dict[str, float]:
         e = self.config.eval
-        metrics = evaluate(self.eval_model(), self.eval_set, batch_size=e.batch_size,
-                           max_images=e.max_images, device=self.dist.device,
+        metrics = evaluate(self.eval_model(), self.eval_set, token_dataset=self.token_set,
+                           batch_size=e.batch_size, max_images=e.max_images, device=self.dist.device,
                            rank=self.dist.rank, world_size=self.dist.world_size, lpips=self.lpips_metric,
                            frechet=self.frechet)
         self.log({"step": self.step, "train_s": round(self.elapsed, 3),
