@@ -77,7 +77,9 @@ class ModelConfig:
     codebook_size: int = 16384
     quantizer: str = "vlq"  # see vaevq.quantizers.QUANTIZERS
     codebook_projection: bool = False  # SimVQ-style Linear(d, d) on the codebook (released code)
-    codebook_init: str = "uniform"  # uniform(-1/K, 1/K) (taming) | normal (N(0, I), the prior)
+    # uniform(-1/K, 1/K) (taming) | normal (N(0, I), the prior) | latent (drawn from N(mean, cov) of the
+    # encoder's latents on LATENT_INIT_IMAGES training images at step 0; a reading, SPEC §7)
+    codebook_init: str = "uniform"
     logvar_init: float = 0.0  # initial bias of the log-variance channels of the posterior head
     quantize: str = "sample"  # sample (paper: z_c) | mean (released code: mu_c)
     estimator: str = "straight-through"  # straight-through | released
@@ -395,7 +397,7 @@ def finalize(config: Config) -> Config:
         "loss.rcs_form": (config.loss.rcs_form, ("paper", "released")),
         "loss.dcr_target": (config.loss.dcr_target, ("prior", "latent", "both")),
         "model.quantize": (config.model.quantize, ("sample", "mean")),
-        "model.codebook_init": (config.model.codebook_init, ("uniform", "normal")),
+        "model.codebook_init": (config.model.codebook_init, ("uniform", "normal", "latent")),
         "model.estimator": (config.model.estimator, ("straight-through", "released")),
         "data.source": (config.data.source, ("builtin", "imagefolder", "brats", "brain")),
         "data.contrast_mode": (config.data.contrast_mode, ("channels", "separate")),
@@ -426,6 +428,11 @@ def finalize(config: Config) -> Config:
             raise ConfigError(f"{key} must be positive; got {value}")
     _finalize_data(config)
     _finalize_quantizer(config)
+    if config.model.codebook_init == "latent" and (config.model.codebook_projection
+                                                   or config.model.quantizer in ("fsq", "lfq", "simvq", "lc")):
+        raise ConfigError(f"model.codebook_init=latent needs free code vectors; model.quantizer="
+                          f"{config.model.quantizer} with model.codebook_projection="
+                          f"{str(config.model.codebook_projection).lower()} has none")
     if config.model.dead_code_interval < 0:
         raise ConfigError(f"model.dead_code_interval must be >= 0; got {config.model.dead_code_interval}")
     if config.model.dead_code_interval and config.model.quantizer in ("fsq", "lfq", "simvq", "lc"):

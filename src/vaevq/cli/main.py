@@ -186,7 +186,8 @@ def cmd_eval(args) -> int:
         config.eval.inception_weights = args.inception_weights
     frechet, notes = frechet_metrics(config.eval, device)
     usage = CodebookUsage(model.quantizer.codebook_size)
-    metrics = evaluate(model, dataset, token_dataset=build_token_dataset(config, args.data),
+    tokens = None if args.max_images else build_token_dataset(config, args.data)
+    metrics = evaluate(model, dataset, token_dataset=tokens,
                        batch_size=batch, max_images=args.max_images,
                        device=device, progress=True, lpips=lpips, frechet=frechet, usage=usage)
     brain = config.data.source in ("brats", "brain")

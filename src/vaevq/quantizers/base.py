@@ -48,6 +48,18 @@ class Codebook(nn.Module):
                 nn.init.uniform_(self.embedding, -1.0 / size, 1.0 / size)  # taming's init
             self.projection = nn.Identity()
 
+    @torch.no_grad()
+    def init_from_moments(self, mean: torch.Tensor, cov: torch.Tensor, generator: torch.Generator) -> None:
+        """Draw the K codes from N(mean, cov) (``model.codebook_init=latent``: the moments of the
+        encoder's latents at step 0, so the codebook starts where the latents are)."""
+        if not isinstance(self.projection, nn.Identity):
+            raise ValueError("a codebook through a projection cannot be drawn from latent moments")
+        values, vectors = torch.linalg.eigh(cov.double().cpu())
+        root = vectors * values.clamp_min(0.0).sqrt()  # root @ root.T = cov
+        noise = torch.randn(self.size, self.dim, generator=generator, dtype=torch.float64)
+        rows = mean.double().cpu() + noise @ root.t()
+        self.embedding.copy_(rows.to(self.embedding))
+
     def vectors(self) -> torch.Tensor:
         """(K, d) effective codebook."""
         return self.projection(self.embedding)

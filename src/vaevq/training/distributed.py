@@ -48,10 +48,13 @@ def init_distributed(device: str | None = None) -> DistInfo:
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks (identity in a single process)."""
+    """Sum a tensor over ranks (identity in a single process); a CPU tensor travels through the
+    GPU under NCCL (which reduces CUDA tensors only) and comes back on the CPU."""
     if dist.is_available() and dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values)
+        device = values.device
+        staged = values.to("cuda") if dist.get_backend() == "nccl" and device.type == "cpu" else values.clone()
+        dist.all_reduce(staged)
+        values = staged.to(device)
     return values
 
 

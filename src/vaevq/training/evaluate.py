@@ -46,10 +46,12 @@ class TokenStatistics:
         self.spread: LatentSpread | None = None
         self.errors: list[torch.Tensor] = []  # ||z - z_q|| per token, at most MAX_ERRORS per rank
         self.world_size = 1
+        self.images = 0
 
     def update(self, out, seeds: torch.Tensor) -> None:
         """``out``: a :class:`~vaevq.models.vaevq.Reconstruction`; ``seeds`` (B,) image seeds."""
         self.usage.update(out.indices)
+        self.images += out.indices.shape[0]
         self.usage_sampled.update(self._sampled_indices(out, seeds))
         if self.spread is None:
             self.spread = LatentSpread(out.latent.shape[1])
@@ -69,6 +71,7 @@ class TokenStatistics:
         self.usage.all_reduce()
         self.usage_sampled.all_reduce()
         metrics: dict[str, float] = dict(self.usage.summary())
+        metrics["token_images"] = int(all_reduce_sum(torch.tensor([self.images], dtype=torch.float64))[0])
         sampled = self.usage_sampled.summary("_sampled")
         metrics.update({k: v for k, v in sampled.items() if k != "tokens_sampled"})
         if self.spread is not None:
@@ -144,8 +147,10 @@ def evaluate(
             fd.update(x, real=True)
             fd.update(out.rec_q, real=False)
     if token_dataset is not None:
-        batches = _shard_loader(token_dataset, len(token_dataset), batch_size, rank, world_size)
-        for x, seeds in tqdm(batches, desc="eval tokens", disable=not progress, leave=False):
+        n_tokens = len(token_dataset)
+        batches = _shard_loader(token_dataset, n_tokens, batch_size, rank, world_size)
+        for x, seeds in tqdm(batches, desc="eval tokens", disable=not progress, leave=False,
+                             total=-(-len(range(rank, n_tokens, world_size)) // batch_size)):
             tokens.update(model.reconstruct_paths(x.to(device), continuous=False, decode=False), seeds)
     sums = all_reduce_sum(sums)
     images = max(int(sums[3]), 1)

@@ -22,9 +22,14 @@ ROWS = [("psnr", "PSNR (dB), quantized path", "{:.3f}"), ("ssim", "SSIM", "{:.4f
         ("quant_error_p50", "quantization error, median", "{:.4f}"),
         ("quant_error_p90", "quantization error, 90th percentile", "{:.4f}"),
         ("quant_error_p99", "quantization error, 99th percentile", "{:.4f}"),
+        ("quant_error_rel", "quantization error relative to the latent's spread, E||z - z_q||^2 / E||z - E z||^2",
+         "{:.4f}"),
         ("codebook_w2_to_prior", "codebook W2^2 to N(0, I) (DCR + d)", "{:.4f}"),
-        ("utilization", "codebook utilization", "{:.4f}"), ("used_codes", "used codes", "{:d}"),
+        ("utilization", "codebook utilization (codes of encode)", "{:.4f}"), ("used_codes", "used codes", "{:d}"),
         ("perplexity", "perplexity", "{:.2f}"), ("dead_codes", "dead codes", "{:d}"),
+        ("utilization_sampled", "codebook utilization (codes of sampled z_c, training noise)", "{:.4f}"),
+        ("used_codes_sampled", "used codes (sampled)", "{:d}"),
+        ("perplexity_sampled", "perplexity (sampled)", "{:.2f}"),
         ("tokens", "tokens", "{:d}")]
 
 
@@ -35,7 +40,11 @@ def metric_rows(metrics: dict[str, Any], data_name: str, split: str, resolution:
     for key, label, fmt in ROWS:
         if key == "lpips" and key in metrics:
             label = f"LPIPS ({metrics.get('lpips_net')})"
-        if key in metrics and metrics[key] is not None:
+        if key == "tokens" and key in metrics and metrics.get("token_images", metrics.get("images")) != \
+                metrics.get("images"):
+            rows.append((label, f"{metrics[key]} (the token statistics: {metrics['token_images']} denser tiles "
+                                "of the same held-out photos)"))
+        elif key in metrics and metrics[key] is not None:
             rows.append((label, fmt.format(metrics[key])))
         elif notes and key in notes:
             rows.append((label, notes[key]))

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from vaevq.config import Config
 from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset
 from vaevq.fileio import atomic_write_text
+from vaevq.losses import gaussian_moments, latent_rows
 from vaevq.models import VAEVQ
 from vaevq.perceptual import LPIPS
 from vaevq.training.checkpoint import (
@@ -65,6 +66,9 @@ def effective_lr(config: Config, world_size: int) -> tuple[float, str]:
     lr = t.lr * factor
     return lr, (f"lr {lr:g} = train.lr {t.lr:g} x ({global_batch} / {base})"
                 f"{'' if t.lr_scale == 'linear' else '^0.5'} (train.lr_scale={t.lr_scale})")
+
+
+LATENT_INIT_IMAGES = 256  # model.codebook_init=latent: training images whose latents set the codebook
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -137,7 +141,8 @@ class Trainer:
             barrier()
         self.train_set, self.eval_set = build_datasets(config, self.run_dir,
                                                        progress=self.dist.is_main and t.progress)
-        self.token_set = build_token_dataset(config)  # denser tiles for the token statistics, or None
+        # denser tiles for the token statistics (or None: the evaluated images' own tokens)
+        self.token_set = build_token_dataset(config) if config.eval.max_images <= 0 else None
         global_batch = t.batch_size * self.dist.world_size * t.grad_accum
         if t.epochs > 0:
             self.total_steps = t.epochs * (len(self.train_set) // global_batch)
@@ -197,8 +202,15 @@ class Trainer:
                             config.data.resolution // self.model.downsample_factor)
 
     def _initialize_codebook(self) -> None:
-        """Quantizers whose codebook comes from data (VQGAN-LC): computed on rank 0, broadcast."""
+        """Codebooks that come from data (VQGAN-LC's k-means, ``model.codebook_init=latent``):
+        computed on rank 0, broadcast."""
         q = self.model.quantizer
+        if self.config.model.codebook_init == "latent":
+            if self.dist.is_main:
+                self._codebook_from_latents()
+            if self.dist.enabled:
+                torch.distributed.broadcast(q.codebook.embedding.data, 0)
+            return
         if not (hasattr(q, "needs_initialization") and q.needs_initialization()):
             return
         if self.dist.is_main:
@@ -214,6 +226,25 @@ class Trainer:
         if self.dist.enabled:
             torch.distributed.broadcast(q.codebook.embedding.data, 0)
             torch.distributed.broadcast(q.initialized, 0)
+
+    @torch.no_grad()
+    def _codebook_from_latents(self) -> None:
+        """The K codes drawn from the Gaussian of the initial encoder's latents (mu for VLQ) on
+        LATENT_INIT_IMAGES training images spread over the set (seeded)."""
+        q = self.model.quantizer
+        n = min(len(self.train_set), LATENT_INIT_IMAGES)
+        gen = torch.Generator().manual_seed(self.config.train.seed)
+        order = torch.randperm(len(self.train_set), generator=gen)[:n].tolist()
+        rows = []
+        for s in range(0, n, 64):
+            x = torch.stack([self.train_set[i] for i in order[s:s + 64]]).to(self.dist.device)
+            h = self.model.encode_features(x).float()
+            z = h.chunk(2, dim=1)[0] if q.variational else h
+            rows.append(latent_rows(z).cpu())
+        mean, cov = gaussian_moments(torch.cat(rows))
+        q.codebook.init_from_moments(mean, cov, gen)
+        self.print(f"[vaevq] codebook: {q.codebook.size} codes drawn from the Gaussian of the initial latents of "
+                   f"{n} training images (per-channel std {float(cov.diagonal().sqrt().mean()):.3g})")
 
     # ------------------------------------------------------------------ state
 
@@ -531,5 +562,5 @@ def _setting_differences(saved: dict[str, Any] | None, config: Config) -> list[s
 
 
 def _short(metrics: dict[str, float]) -> str:
-    keys = ("psnr", "ssim", "utilization", "perplexity")
+    keys = ("psnr", "ssim", "utilization", "utilization_sampled", "perplexity")
     return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
