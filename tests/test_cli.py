@@ -128,6 +128,25 @@ def test_compare_writes_a_report_and_skips_finished_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_compare_with_seeds_reports_mean_and_std(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "m0", "fsq", "model.ch=16", "model.z_channels=32", "eval.max_images=8",
+            "eval.fid_effnet=false", "eval.lpips_net=null", "train.progress=false", "model.codebook_size=64",
+            "--steps", "2", "--eval-points", "1", "--seeds", "0", "1", "--one-seed", "fsq", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "m0" / "seed0" / "compare.json").is_file() and (out / "m0" / "seed1" / "compare.json").is_file()
+    assert not (out / "fsq" / "seed1").exists()
+    data = json.loads((out / "results.json").read_text())
+    m0 = data["results"][0]
+    assert m0["seeds"] == [0, 1] and m0["stats"]["psnr"]["n"] == 2
+    psnrs = [r["metrics"]["psnr"] for r in data["runs"] if r["name"] == "m0"]
+    assert m0["stats"]["psnr"]["mean"] == pytest.approx(sum(psnrs) / 2)
+    assert m0["stats"]["psnr"]["std"] == pytest.approx(abs(psnrs[0] - psnrs[1]) / 2 ** 0.5)
+    assert "--seeds 0 1 --one-seed fsq" in data["command"] and "±" in (out / "results.md").read_text()
+    assert main(["compare", "m0", "--out", str(tmp_path / "x"), "--one-seed", "m0"]) == 2  # needs --seeds
+
+
+@pytest.mark.slow
 def test_sweep_codebook_plots_metrics_against_k(tmp_path):
     out = tmp_path / "sweep"
     assert main(["sweep-codebook", "tiny", "model.ch=16", "model.z_channels=32", "eval.max_images=16",

@@ -234,3 +234,25 @@ def test_latent_spread_by_hand():
     assert spread.spread() == pytest.approx(5.0)
     assert spread.mean_squared_error() == pytest.approx(1.25)
     assert spread.relative() == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------- compare --seeds
+
+
+def test_compare_aggregates_seeds_as_mean_and_sample_std():
+    from vaevq.compare import aggregate, results_table
+
+    runs = [{"name": "vaevq", "quantizer": "vlq", "codebook_size": 512, "steps": 600, "seed": s,
+             "train_s": t, "metrics": {"psnr": p, "utilization": u, "utilization_sampled": 1.0, "lpips_net": "x"}}
+            for s, t, p, u in ((0, 10.0, 17.0, 0.5), (1, 12.0, 18.0, 0.7), (2, 14.0, 19.0, 0.9))]
+    row = aggregate(runs)
+    assert row["seeds"] == [0, 1, 2]
+    assert row["stats"]["psnr"] == {"mean": 18.0, "std": pytest.approx(1.0), "n": 3}  # sample std, ddof 1
+    assert row["stats"]["utilization"]["mean"] == pytest.approx(0.7)
+    assert row["stats"]["utilization"]["std"] == pytest.approx(0.2)
+    assert row["train_s"] == 12.0 and row["metrics"]["psnr"] == 18.0
+    single = aggregate(runs[:1])
+    assert single["stats"]["psnr"] == {"mean": 17.0, "std": 0.0, "n": 1}
+    table = results_table([row, single], "held-out", 32, 154)
+    assert "| vaevq | vlq | 512 | 3 | 18.00 ± 1.00 |" in table
+    assert "| vaevq | vlq | 512 | 1 | 17.00 |" in table  # one seed: no ± column
