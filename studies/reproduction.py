@@ -161,7 +161,7 @@ def report(ks: list[int], steps: int | None, command: str, runs: list[dict[str, 
                                 "built-in held-out photos (scikit-learn china.jpg, flower.jpg)", 32,
                                 first["metrics"].get("images", 0),
                                 token_note(first["metrics"], [k])), "### Which claims hold at this scale", "",
-                  *claims(rows, k), ""]
+                  *(claims(rows, k) or ["(decided once the M0-M3, full and SimVQ rows are in)"]), ""]
     if missing or running:
         parts += ["## Still to run", ""]
         if running:

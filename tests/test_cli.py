@@ -131,7 +131,7 @@ def test_compare_writes_a_report_and_skips_finished_runs(tmp_path, capsys):
 def test_compare_with_seeds_reports_mean_and_std(tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", "m0", "fsq", "model.ch=16", "model.z_channels=32", "eval.max_images=8",
-            "eval.fid_effnet=false", "eval.lpips_net=null", "train.progress=false", "model.codebook_size=64",
+            "eval.fid_effnet=false", "eval.lpips_net=null", "train.progress=false", "model.codebook_size=256",
             "--steps", "2", "--eval-points", "1", "--seeds", "0", "1", "--one-seed", "fsq", "--out", str(out)]
     assert main(args) == 0
     assert (out / "m0" / "seed0" / "compare.json").is_file() and (out / "m0" / "seed1" / "compare.json").is_file()

@@ -21,7 +21,8 @@ from vaevq.fileio import atomic_write, atomic_write_text
 COLUMNS = [("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
            ("fid_effnet", "fid-effnet", "{:.1f}"),
            ("utilization", "utilization", "{:.3f}"), ("utilization_sampled", "utilization (sampled)", "{:.3f}"),
-           ("perplexity", "perplexity", "{:.1f}"), ("quant_error_rel", "rel. quant. error", "{:.3f}"),
+           ("perplexity", "perplexity", "{:.1f}"), ("dead_codes", "dead codes", "{:d}"),
+           ("quant_error_rel", "rel. quant. error", "{:.3f}"),
            ("train_s", "train time (s)", "{:.0f}")]
 
 
