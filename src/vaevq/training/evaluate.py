@@ -38,14 +38,14 @@ class TokenStatistics:
     noise (``utilization_sampled``; image i's eps from seed i, so independent of the number of
     ranks), the quantization errors ||z - z_q|| and their size relative to the latent's spread."""
 
-    def __init__(self, model, usage: CodebookUsage | None = None):
+    def __init__(self, model, usage: CodebookUsage | None = None, world_size: int = 1):
         self.model = model
         k = model.quantizer.codebook_size
         self.usage = usage if usage is not None else CodebookUsage(k)
         self.usage_sampled = CodebookUsage(k)
         self.spread: LatentSpread | None = None
         self.errors: list[torch.Tensor] = []  # ||z - z_q|| per token, at most MAX_ERRORS per rank
-        self.world_size = 1
+        self.world_size = world_size
         self.images = 0
 
     def update(self, out, seeds: torch.Tensor) -> None:
@@ -124,8 +124,7 @@ def evaluate(
     n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     if max_images > 0:
         token_dataset = None  # a quick evaluation: count the tokens of the evaluated images only
-    tokens = TokenStatistics(model, usage)
-    tokens.world_size = world_size
+    tokens = TokenStatistics(model, usage, world_size)
     sums = torch.zeros(5, dtype=torch.float64)  # psnr, ssim, psnr_continuous, images, lpips
     if lpips is not None:
         lpips = lpips.to(device)
