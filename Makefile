@@ -32,7 +32,7 @@ test: setup
 	$(PY) -m pytest tests -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools studies
 
 # the peer of the quantizer benchmark, into this environment only (never a vaevq dependency);
 # torch pinned to the installed build so the install cannot replace it

@@ -41,14 +41,17 @@ if what in ("vlq", "vq"):
     from vaevq.config import load_config
     from vaevq.quantizers import build_quantizer
     cfg = load_config("tiny", [f"model.quantizer={what}", f"model.codebook_size={k}", f"model.latent_dim={d}"])
-    q = build_quantizer(what, model=cfg.model, loss=cfg.loss).train().to(device)
+    from vaevq.losses.objective import active_terms
+    from vaevq.quantizers import QUANTIZERS
+    terms = active_terms(cfg, QUANTIZERS[what].weights)  # the terms the model computes (non-zero weight)
+    q = build_quantizer(what, cfg.model, cfg.loss, terms).train().to(device)
     with torch.no_grad():
         q.codebook.embedding.normal_()
     width = d * q.in_channels_factor
     h = torch.randn(b, width, side, side, device=device, requires_grad=True)
     def run():
         out = q(h)
-        loss = out.z_q_decoder.square().mean() + sum(out.losses.values())
+        loss = out.z_q_decoder.square().mean() + sum(out.terms.values())
         loss.backward()
 else:
     from vector_quantize_pytorch import VectorQuantize

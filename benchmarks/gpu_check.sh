@@ -11,3 +11,5 @@ python -m vaevq train tiny train.steps=60 train.precision=bf16 eval.rfid=false \
 python -m vaevq train tiny train.steps=30 train.compile=true eval.rfid=false \
     --device cuda --out "$OUT/tiny-compiled" 2>&1 | tail -3
 python benchmarks/bench_all.py --device cuda --threads 8 2>&1 | tee "$OUT/bench.txt"
+# issue 13: a VAEVQ step (both paths in one decoder call) against a VQGAN step; goal <= 1.25x
+python benchmarks/bench_vaevq_step.py --device cuda --preset small --steps 30 2>&1 | tee "$OUT/vaevq-step.txt"

@@ -15,9 +15,9 @@ from vaevq.losses.adversarial import (
     g_hinge_loss,
     g_nonsaturating_loss,
 )
+from vaevq.losses.objective import Objective
 from vaevq.models.discriminator import NLayerDiscriminator
 from vaevq.training import Trainer
-from vaevq.training.objective import Objective
 
 FAST = ["model.ch=16", "model.z_channels=32", "model.codebook_size=64", "model.latent_dim=8",
         "train.progress=false", "eval.max_images=16", "train.batch_size=4", "train.log_every=1",

@@ -12,9 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 from vaevq.config import load_config
+from vaevq.distributed import shutdown
 from vaevq.metrics import CodebookUsage
 from vaevq.training import Trainer
-from vaevq.training.distributed import shutdown
 
 FAST = ["model.ch=16", "model.z_channels=32", "model.codebook_size=64", "model.latent_dim=8",
         "train.progress=false", "eval.max_images=48", "train.log_every=1", "train.checkpoint_every=2",

@@ -16,7 +16,11 @@ from typing import Any
 import torch
 
 from vaevq.config import Config, load_config
+from vaevq.data import build_eval_dataset
 from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.rundir import RunDir
+from vaevq.training import Trainer, load_model
+from vaevq.training.images import image_grid
 
 COLUMNS = [("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
            ("fid_effnet", "fid-effnet", "{:.1f}"),
@@ -44,9 +48,7 @@ def compare_config(preset: str, data: str | None, steps: int | None, seed: int, 
 
 
 def run_one(name: str, config: Config, run_dir: Path, device: str | None) -> dict[str, Any]:
-    from vaevq.training import Trainer
-
-    marker = run_dir / "compare.json"
+    marker = RunDir(run_dir).compare_marker
     settings = config.to_dict()
     if marker.is_file():
         done = json.loads(marker.read_text())
@@ -68,7 +70,7 @@ def run_one(name: str, config: Config, run_dir: Path, device: str | None) -> dic
 
 def utilization_curve(run_dir: Path) -> list[tuple[int, float]]:
     points = []
-    log = run_dir / "log.jsonl"
+    log = RunDir(run_dir).log
     if log.is_file():
         for line in log.read_text().splitlines():
             record = json.loads(line)
@@ -190,8 +192,6 @@ def reconstruction_sheet(names: list[str], run_dirs: list[Path], images: torch.T
     """Rows: the originals, then each method's quantized reconstruction; method names on the left."""
     from PIL import Image, ImageDraw
 
-    from vaevq.training import load_model
-    from vaevq.training.images import image_grid
 
     rows = [images]
     for run_dir in run_dirs:
@@ -244,7 +244,6 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
             results.setdefault(name, []).append({**run_one(name, config, run_dir, device), "seed": s})
     rows = [aggregate(results[p]) for p in presets]
 
-    from vaevq.data import build_eval_dataset
 
     first = runs[presets[0]][0][2]
     eval_set = build_eval_dataset(first, None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +19,19 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and where it came from."""
+
+
+CONTRASTS = ("t1n", "t1c", "t2w", "t2f")  # BraTS 2024 file suffixes (data.contrasts)
+
+# checks that need knowledge above this layer (the quantizer registry), registered by the layer
+# that has it (vaevq.models registers the tokenizer's); ``finalize`` runs them all
+_CHECKS: list = []
+
+
+def register_check(check):
+    """Add ``check(config)`` to :func:`finalize` (it may derive settings or raise ConfigError)."""
+    _CHECKS.append(check)
+    return check
 
 
 @dataclass
@@ -127,6 +139,11 @@ class DataConfig:
     cache_dir: str | None = None  # prepared slices; None: $VAEVQ_CACHE_DIR or ~/.cache/vaevq, /slices
     brain_subjects: int = 10  # source brain: synthetic subjects made from the MNI152 template
     brain_eval: str = "colin27"  # source brain: colin27 (Debian mricron-data, when installed) | held-out
+
+    @property
+    def is_brain(self) -> bool:
+        """Brain MRI (a BraTS root or the built-in brain): subjects, slices, a split by subject."""
+        return self.source in ("brats", "brain")
 
 
 @dataclass
@@ -427,20 +444,10 @@ def finalize(config: Config) -> Config:
         if value <= 0:
             raise ConfigError(f"{key} must be positive; got {value}")
     _finalize_data(config)
-    _finalize_quantizer(config)
-    if config.model.codebook_init == "latent" and (config.model.codebook_projection
-                                                   or config.model.quantizer in ("fsq", "lfq", "simvq", "lc")):
-        raise ConfigError(f"model.codebook_init=latent needs free code vectors; model.quantizer="
-                          f"{config.model.quantizer} with model.codebook_projection="
-                          f"{str(config.model.codebook_projection).lower()} has none")
     if config.model.dead_code_interval < 0:
         raise ConfigError(f"model.dead_code_interval must be >= 0; got {config.model.dead_code_interval}")
-    if config.model.dead_code_interval and config.model.quantizer in ("fsq", "lfq", "simvq", "lc"):
-        # tiny's restart setting must not stop `model.quantizer=simvq` on tiny: turned off, said so
-        warnings.warn(f"model.dead_code_interval={config.model.dead_code_interval} does not apply to "
-                      f"model.quantizer={config.model.quantizer} (no free code vectors to restart); "
-                      "dead-code restart is off for this run", stacklevel=2)
-        config.model.dead_code_interval = 0
+    for check in _CHECKS:
+        check(config)
     if not config.model.ch_mult:
         raise ConfigError("model.ch_mult must have at least one entry")
     factor = 2 ** (len(config.model.ch_mult) - 1)
@@ -455,13 +462,11 @@ def finalize(config: Config) -> Config:
 def _finalize_data(config: Config) -> None:
     d = config.data
     if d.eval_fraction is None:
-        d.eval_fraction = 0.2 if d.source in ("brats", "brain") else 0.05
+        d.eval_fraction = 0.2 if d.is_brain else 0.05
     if not 0.0 < d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction must be between 0 and 1; got {d.eval_fraction}")
-    if d.source not in ("brats", "brain"):
+    if not d.is_brain:
         return
-    from vaevq.data.brats import CONTRASTS
-
     if not d.contrasts:
         raise ConfigError(f"data.contrasts must name at least one of {', '.join(CONTRASTS)}")
     for c in d.contrasts:
@@ -490,34 +495,3 @@ def _finalize_data(config: Config) -> None:
                 f"data.contrasts {list(d.contrasts)} as channels give {channels}-channel images, but "
                 f"LPIPS, fid-effnet and rFID need 3-channel images: set {' '.join(needed)}, or use "
                 "data.contrast_mode=separate (every contrast a grey image)")
-
-
-def _finalize_quantizer(config: Config) -> None:
-    """Implicit-codebook quantizers: derive latent_dim (and FSQ's levels) from the codebook size."""
-    m = config.model
-    if m.quantizer == "fsq":
-        from vaevq.quantizers.baselines import fsq_levels_for
-
-        if not m.fsq_levels:
-            try:
-                m.fsq_levels = fsq_levels_for(m.codebook_size)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-        if any(level < 2 for level in m.fsq_levels):
-            raise ConfigError(f"model.fsq_levels must all be >= 2; got {list(m.fsq_levels)}")
-        m.latent_dim = len(m.fsq_levels)
-        m.codebook_size = 1
-        for level in m.fsq_levels:
-            m.codebook_size *= level
-    elif m.quantizer == "lc" and m.lc_features != "effnet-lite0" and not m.lc_feature_dim:
-        from vaevq.quantizers.lc import load_feature_file
-
-        try:
-            m.lc_feature_dim = int(load_feature_file(m.lc_features).shape[1])
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(str(err)) from None
-    elif m.quantizer == "lfq":
-        k = m.codebook_size
-        if k < 2 or k & (k - 1):
-            raise ConfigError(f"model.quantizer=lfq needs a power-of-two model.codebook_size; got {k}")
-        m.latent_dim = k.bit_length() - 1

@@ -131,30 +131,23 @@ def _device(args) -> str:
 
 def cmd_train(args) -> int:
     from vaevq.config import load_config
+    from vaevq.rundir import RunDir
     from vaevq.training import Trainer
-    from vaevq.training.checkpoint import LAST, checkpoint_dir
 
-    run_dir = Path(args.out)
-    has_checkpoint = (checkpoint_dir(run_dir) / LAST).is_file()
+    run = RunDir(args.out)
+    run_dir = run.root
+    has_checkpoint = run.has_checkpoint()
     if has_checkpoint and not args.resume:
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, "
                          "or choose another --out")
     source = args.config
-    if args.resume and (run_dir / "config.yaml").is_file():
-        source = run_dir / "config.yaml"  # the run's own settings; overrides still apply
+    if args.resume and run.config.is_file():
+        source = run.config  # the run's own settings; overrides still apply
     config = load_config(source, args.overrides)
     if args.resume and not has_checkpoint:
         print(f"[vaevq] no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
     Trainer(config, run_dir, resume=args.resume, device=args.device).train()
     return 0
-
-
-def _run_dir_of(checkpoint: Path) -> Path:
-    """Where eval outputs go: the run folder (or the folder holding a loose .pt file)."""
-    if checkpoint.is_file():
-        parent = checkpoint.parent
-        return parent.parent if parent.name == "checkpoints" else parent
-    return checkpoint
 
 
 def cmd_eval(args) -> int:
@@ -164,6 +157,7 @@ def cmd_eval(args) -> int:
     from vaevq.fileio import atomic_write_text
     from vaevq.metrics import CodebookUsage
     from vaevq.perceptual import LPIPS
+    from vaevq.rundir import RunDir
     from vaevq.training import evaluate, load_model
     from vaevq.training.evaluate import frechet_metrics
     from vaevq.training.report import curves_png, grid_png, histogram_png, metric_rows, write_report
@@ -171,14 +165,11 @@ def cmd_eval(args) -> int:
     device = _device(args)
     model = load_model(args.checkpoint, args.which).to(device)
     config = model.config
-    run_dir = _run_dir_of(Path(args.checkpoint))
-    # a save_pretrained folder inside a run (RUN/model): the run's split.json is one level up
-    split_dir = (run_dir.parent if not (run_dir / "split.json").is_file()
-                 and (run_dir.parent / "split.json").is_file() else run_dir)
-    dataset = build_eval_dataset(config, args.data, split_dir)
-    for note in getattr(dataset, "notes", []):
+    run = RunDir.of(args.checkpoint)  # where the outputs go
+    dataset = build_eval_dataset(config, args.data, run.split_dir())
+    for note in dataset.notes:
         print(f"[vaevq] {note}")
-    for problem in getattr(dataset, "problems", []):
+    for problem in dataset.problems:
         print(f"[vaevq] skipped: {problem}")
     batch = args.batch_size or config.eval.batch_size
     lpips = LPIPS(config.eval.lpips_net) if config.eval.lpips_net else None
@@ -190,7 +181,7 @@ def cmd_eval(args) -> int:
     metrics = evaluate(model, dataset, token_dataset=tokens,
                        batch_size=batch, max_images=args.max_images,
                        device=device, progress=True, lpips=lpips, frechet=frechet, usage=usage)
-    brain = config.data.source in ("brats", "brain")
+    brain = config.data.is_brain
     if brain and args.data is None:
         on_colin = any(s.name == "Colin27" for s in dataset.subjects)
         if on_colin:
@@ -214,16 +205,16 @@ def cmd_eval(args) -> int:
     rows = metric_rows(metrics, data_name, split, config.data.resolution, notes)
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    out = run_dir / "eval"
+    out = run.eval
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     n = min(config.eval.grid_images, len(dataset))
     picks = torch.linspace(0, len(dataset) - 1, n).long().tolist()
     images = torch.stack([dataset[i] for i in picks]).to(device)
     md, page = write_report(
-        out, f"vaevq evaluation: {run_dir.name} ({config.name}, {config.model.quantizer}, "
+        out, f"vaevq evaluation: {run.name} ({config.name}, {config.model.quantizer}, "
              f"K {model.quantizer.codebook_size})", rows,
         {"reconstructions": grid_png(model, images), "code_histogram": histogram_png(usage.counts),
-         "training_curves": curves_png(run_dir / "log.jsonl")},
+         "training_curves": curves_png(run.log)},
         {"reconstructions": "originals, continuous path (variational models), quantized path",
          "code_histogram": "code frequencies on the evaluation data, sorted (log scale)",
          "training_curves": "training losses and held-out utilization from log.jsonl"})

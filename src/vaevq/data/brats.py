@@ -36,9 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from vaevq.config import ConfigError, DataConfig
+from vaevq.data.base import DescribedDataset
+from vaevq.data.brain import COLIN27, builtin_brain_root, colin27_path
+from vaevq.distributed import barrier
 from vaevq.fileio import atomic_write, atomic_write_text
 
-CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
 # BraTS 2021 file names of the same contrasts
 LEGACY_NAMES = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -358,7 +360,7 @@ def read_split(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- the dataset
 
 
-class SliceDataset(torch.utils.data.Dataset):
+class SliceDataset(DescribedDataset):
     """Cached slices of a list of subjects. Items: (3, R, R) float32 in [-1, 1].
 
     ``contrast_mode="channels"``: all contrasts of a slice as channels (one contrast is
@@ -369,12 +371,12 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __init__(self, subjects: list[PreparedSubject], contrast_mode: str = "channels",
                  random_flip: bool = False, problems: list[DataProblem] | None = None,
-                 skipped: list[str] | None = None):
+                 skipped: list[str] | None = None, notes: list[str] | None = None,
+                 split: dict[str, Any] | None = None):
+        super().__init__(notes, problems, skipped, split)
         self.subjects = subjects
         self.contrast_mode = contrast_mode
         self.random_flip = random_flip
-        self.problems = problems or []
-        self.skipped = skipped or []
         self.n_contrasts = len(subjects[0].contrasts) if subjects else 1
         per = self.n_contrasts if contrast_mode == "separate" else 1
         self.index: list[tuple[int, int, int]] = [
@@ -451,7 +453,6 @@ def _raise_or_keep(problems: list[DataProblem], on_error: str, what: str) -> Non
 def brain_root(d: DataConfig) -> Path:
     """The BraTS root of the config: data.root, or the built-in brain written into the cache."""
     if d.source == "brain":
-        from vaevq.data.brain import builtin_brain_root
 
         return builtin_brain_root(cache_root(d), d.brain_subjects, seed=0,
                                   step=1 if d.resolution > 128 else 2)
@@ -485,7 +486,6 @@ def colin27_eval_subject(d: DataConfig, settings: SliceSettings) -> tuple[Subjec
     evaluation data is used and why."""
     if d.source != "brain" or d.brain_eval != "colin27":
         return None, None
-    from vaevq.data.brain import COLIN27, colin27_path
 
     colin = colin27_path()
     if colin is None:
@@ -529,10 +529,9 @@ def build_brain_datasets(config, run_dir: str | Path | None = None, progress: bo
         if not prepared and not allow_empty:
             raise DataError(f"data.root {root}: no usable {name} subject ({len(skipped)} skipped for "
                             "data problems; run `vaevq data check` to list them)")
-    train = SliceDataset(train_prepared, d.contrast_mode, d.random_flip, train_problems, train_skipped)
-    held = SliceDataset(eval_prepared, d.contrast_mode, False, eval_problems, eval_skipped)
-    train.split, held.split = split, split
-    train.notes, held.notes = notes, notes
+    train = SliceDataset(train_prepared, d.contrast_mode, d.random_flip, train_problems, train_skipped,
+                         notes, split)
+    held = SliceDataset(eval_prepared, d.contrast_mode, False, eval_problems, eval_skipped, notes, split)
     return train, held
 
 
@@ -540,10 +539,9 @@ def warm_brain_cache(config, rank: int, world: int, local_main: bool) -> None:
     """Many processes: prepare the slice cache in parallel before anyone reads it. The node's
     first process writes the built-in brain; after a barrier, rank r prepares subjects r, r + world,
     ... (entries are written atomically). The caller puts a barrier after this."""
-    from vaevq.training.distributed import barrier
 
     d = config.data
-    if d.source not in ("brats", "brain"):
+    if not d.is_brain:
         return
     if d.source == "brain" and local_main:
         brain_root(d)

@@ -10,7 +10,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from vaevq.config import Config
-from vaevq.data.brats import DataProblem
+from vaevq.data.brats import DataProblem, build_brain_datasets
+from vaevq.data.datasets import BuiltinPhotos, image_folder_splits
 
 
 @dataclass
@@ -62,8 +63,7 @@ def _check_image(path: Path) -> str | None:
 def check_data(config: Config, run_dir: str | Path | None = None, progress: bool = False) -> DataReport:
     d = config.data
     stop = d.on_error == "stop"
-    if d.source in ("brats", "brain"):
-        from vaevq.data.brats import build_brain_datasets
+    if d.is_brain:
 
         collect = dataclasses.replace(config, data=dataclasses.replace(d, on_error="skip"))
         train, held = build_brain_datasets(collect, run_dir, progress, allow_empty=True)
@@ -76,7 +76,6 @@ def check_data(config: Config, run_dir: str | Path | None = None, progress: bool
             notes.append(f"no usable {' or '.join(empty)} subject: training cannot start")
         return DataReport(splits, problems, notes, (bool(problems) and stop) or bool(empty))
     if d.source == "builtin":
-        from vaevq.data.datasets import BuiltinPhotos
 
         splits = [SplitReport(n, "images", len(BuiltinPhotos(n, d.resolution)), 0) for n in ("train", "eval")]
         for s in splits:
@@ -84,7 +83,6 @@ def check_data(config: Config, run_dir: str | Path | None = None, progress: bool
         return DataReport(splits, [], ["built-in photos (scikit-image, scikit-learn)"], False)
     from tqdm.auto import tqdm
 
-    from vaevq.data.datasets import image_folder_splits
 
     train_files, eval_files = image_folder_splits(d.root, d.eval_fraction)
     problems = []

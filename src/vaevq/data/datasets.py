@@ -16,6 +16,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vaevq.config import Config, ConfigError
+from vaevq.data.base import DescribedDataset
+from vaevq.data.brats import brain_eval_dataset, build_brain_datasets
 from vaevq.data.transforms import crop, list_images, load_rgb, resize_shorter_side, to_tensor
 
 # Real photographs that ship inside scikit-image (training) and scikit-learn (evaluation).
@@ -43,8 +45,9 @@ def _split_item(item) -> tuple[int, int | None]:
     return int(item), None
 
 
-class _Augmenting(Dataset):
+class _Augmenting(DescribedDataset):
     def __init__(self, random_flip: bool):
+        super().__init__()
         self.random_flip = random_flip
 
     def _flip(self, image: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
@@ -177,8 +180,7 @@ def build_datasets(config: Config, run_dir: str | Path | None = None,
     """(train, eval) datasets for the config's data section. For brain MRI, ``run_dir`` holds the
     run's split by subject (split.json) when it has one."""
     d = config.data
-    if d.source in ("brats", "brain"):
-        from vaevq.data.brats import build_brain_datasets
+    if d.is_brain:
 
         return build_brain_datasets(config, run_dir, progress)
     if d.source == "builtin":
@@ -211,8 +213,7 @@ def build_eval_dataset(config: Config, path: str | None = None,
     under ``path`` (center crops; for brain MRI a BraTS root or one NIfTI volume)."""
     if path is None:
         return build_datasets(config, run_dir)[1]
-    if config.data.source in ("brats", "brain"):
-        from vaevq.data.brats import brain_eval_dataset
+    if config.data.is_brain:
 
         return brain_eval_dataset(config, path)
     if path == "built-in" or path == "builtin":

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vaevq.metrics.image import to_uint8
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -45,7 +47,6 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [-1, 1] -> PIL RGB."""
-    from vaevq.metrics.image import to_uint8
 
     return Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
 

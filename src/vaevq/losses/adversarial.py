@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vaevq.distributed import all_reduce_mean_
+
 
 def d_hinge_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))."""
@@ -54,9 +56,7 @@ class LeCam(torch.nn.Module):
     @torch.no_grad()
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
         means = torch.stack([logits_real.mean(), logits_fake.mean()])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(means)  # the same EMAs on every rank
-            means /= torch.distributed.get_world_size()
+        all_reduce_mean_([means])  # the same EMAs on every rank
         real, fake = means[0], means[1]
         if not bool(self.initialized):
             self.ema_real.copy_(real)

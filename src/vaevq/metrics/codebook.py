@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
+
+from vaevq.distributed import all_reduce_sum
 
 
 class CodebookUsage:
@@ -31,7 +32,7 @@ class CodebookUsage:
         self.counts += torch.bincount(flat, minlength=self.codebook_size)
 
     def all_reduce(self) -> None:
-        self.counts = _all_reduce_cpu(self.counts)
+        self.counts = all_reduce_sum(self.counts)
 
     @property
     def total(self) -> int:
@@ -87,7 +88,7 @@ class LatentSpread:
         self.sums[2 * d + 1] += rows.shape[1]
 
     def all_reduce(self) -> None:
-        self.sums = _all_reduce_cpu(self.sums)
+        self.sums = all_reduce_sum(self.sums)
 
     def mean_squared_error(self) -> float:
         n = float(self.sums[-1])
@@ -106,10 +107,3 @@ class LatentSpread:
         return self.mean_squared_error() / spread if spread > 0 else float("nan")
 
 
-def _all_reduce_cpu(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        values = values.to(device)
-        dist.all_reduce(values)
-        values = values.cpu()
-    return values

@@ -12,6 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vaevq.distributed import all_reduce_max, all_reduce_sum, is_distributed
+from vaevq.features import EfficientNetLite0
+from vaevq.features.inception import FIDInceptionV3
+
 
 def _clip(vals: torch.Tensor) -> torch.Tensor:
     """Eigenvalues below 1e-12 of the largest are rounding noise of a zero: set them to 0."""
@@ -91,19 +95,15 @@ class GaussianStats:
 
     def all_reduce(self) -> None:
         """Combine the statistics of every rank (exact: via sums of x and x x^T about a shared shift)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not is_distributed():
             return
-        dim = self.dim or 0
-        dims = torch.tensor([dim], dtype=torch.int64)
-        torch.distributed.all_reduce(dims, op=torch.distributed.ReduceOp.MAX)
-        dim = int(dims)
+        dim = int(all_reduce_max(torch.tensor([self.dim or 0], dtype=torch.int64)))
         n = torch.tensor([float(self.n)], dtype=torch.float64)
         mean = self.mean if self.n else torch.zeros(dim, dtype=torch.float64)
         scatter = self.scatter if self.n else torch.zeros(dim, dim, dtype=torch.float64)
         s1 = mean * self.n  # sum of x
         s2 = scatter + torch.outer(mean, mean) * self.n  # sum of x x^T
-        for t in (n, s1, s2):
-            torch.distributed.all_reduce(t)
+        n, s1, s2 = (all_reduce_sum(t) for t in (n, s1, s2))
         total = int(n)
         if total == 0:
             return
@@ -117,7 +117,6 @@ class _EffNetPooled(torch.nn.Module):
 
     def __init__(self, weights: str | None = None):
         super().__init__()
-        from vaevq.features import EfficientNetLite0
 
         self.net = EfficientNetLite0.pretrained(weights)
 
@@ -136,7 +135,6 @@ def feature_extractor(name: str, weights: str | None = None, download: bool = Tr
     ``inception-v3-fid`` (pool3, 2048; resized to 299 unless already 299) or ``effnet-lite0``
     (ImageNet EfficientNet-Lite0 pooled head, 1280; resized to 224 unless already 224)."""
     if name == "inception-v3-fid":
-        from vaevq.features.inception import FIDInceptionV3
 
         module = FIDInceptionV3.pretrained(weights, download)
     elif name == "effnet-lite0":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,14 +12,16 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaevq.config import Config, ModelConfig, config_from_dict, finalize, load_config
+from vaevq.config import Config, ConfigError, ModelConfig, config_from_dict, finalize, load_config, register_check
 from vaevq.fileio import atomic_write, atomic_write_text
-from vaevq.losses.vaevq_losses import reconstruction_loss
+from vaevq.losses.objective import active_terms, check_weights, tokenizer_losses
 from vaevq.models.vqgan import Decoder, Encoder
-from vaevq.quantizers import build_quantizer
+from vaevq.quantizers import QUANTIZERS, build_quantizer, quantizer_spec
+from vaevq.rundir import CONFIG, WEIGHTS
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
+DEFAULT_MODEL = ModelConfig()
+CONFIG_FILE = CONFIG  # save_pretrained's files (vaevq.rundir names every file of a run)
+WEIGHTS_FILE = WEIGHTS
 
 
 @dataclass
@@ -32,6 +36,7 @@ class VAEVQOutput:
     z_q: torch.Tensor  # (B, d, h, w)
     indices: torch.Tensor  # (B, h, w) int64
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted terms and "total"
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the quantizer's terms, unweighted
 
 
 @dataclass
@@ -58,7 +63,8 @@ class VAEVQ(nn.Module):
             config = Config(model=config)
         self.config = config
         m = config.model
-        self.quantizer = build_quantizer(m.quantizer, model=m, loss=config.loss)
+        self.spec = quantizer_spec(m.quantizer)
+        self.quantizer = build_quantizer(m.quantizer, m, config.loss, active_terms(config, self.spec.weights))
         arch = dict(
             ch=m.ch,
             ch_mult=tuple(m.ch_mult),
@@ -75,7 +81,7 @@ class VAEVQ(nn.Module):
         self.post_quant_conv = nn.Conv2d(m.latent_dim, m.z_channels, 1)
         # Mo-VQGAN: the decoder's normalization layers are modulated by the quantized latent
         self.decoder = Decoder(out_channels=m.in_channels, z_channels=m.z_channels,
-                               zq_channels=m.latent_dim if m.quantizer == "movq" else None, **arch)
+                               zq_channels=m.latent_dim if self.spec.decoder_modulated else None, **arch)
 
     # ------------------------------------------------------------------ construction
 
@@ -113,7 +119,7 @@ class VAEVQ(nn.Module):
     @property
     def codebook(self):
         """The quantizer's explicit codebook (None for FSQ and LFQ, whose codes are implicit)."""
-        return getattr(self.quantizer, "codebook", None)
+        return self.quantizer.codebook if self.quantizer.has_codebook else None
 
     def _check_input(self, x: torch.Tensor) -> None:
         m = self.config.model
@@ -140,22 +146,16 @@ class VAEVQ(nn.Module):
         The quantizer (search, codebook, RCS, DCR, KL) always runs in float32, also under autocast."""
         h = self.encode_features(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if self.quantizer.variational:
-                q = self.quantizer(h.float(), noise=None if noise is None else noise.float())
-            else:
-                q = self.quantizer(h.float())
-        rec_q = self.decode_latent(q.z_q_decoder)
-        rec_c = self.decode_latent(q.z_c) if self.quantizer.variational else None
-        kind = self.config.loss.rec
-        rec_terms = [reconstruction_loss(x, rec_q, kind)]
-        if rec_c is not None:
-            rec_terms.append(reconstruction_loss(x, rec_c, kind))
-        rec = torch.stack(rec_terms).sum()
-        if self.config.loss.rec_paths == "mean":
-            rec = rec / len(rec_terms)
-        losses = {"rec": rec, **q.losses}
-        losses["total"] = torch.stack(list(losses.values())).sum()
-        return VAEVQOutput(rec_q, rec_c, q.mu, q.logvar, q.z_c, q.z_q, q.indices, losses)
+            q = self.quantizer(h.float(), noise=None if noise is None else noise.float())
+        if self.quantizer.variational:
+            # both decoding paths in one decoder call (GroupNorm is per sample: each image's
+            # output is what two calls give, to float tolerance)
+            rec_q, rec_c = self.decode_latent(torch.cat([q.z_q_decoder, q.z_c])).chunk(2)
+        else:
+            rec_q, rec_c = self.decode_latent(q.z_q_decoder), None
+        paths = [rec_q] + ([rec_c] if rec_c is not None else [])
+        losses = tokenizer_losses(self.config, self.spec.weights, x, paths, q.terms, q.indices[0].numel())
+        return VAEVQOutput(rec_q, rec_c, q.mu, q.logvar, q.z_c, q.z_q, q.indices, losses, q.terms)
 
     @torch.no_grad()
     def quantize_eval(self, x: torch.Tensor):
@@ -198,3 +198,38 @@ class VAEVQ(nn.Module):
             return Reconstruction(rec_q, rec_c, q.indices, error, q.z, q.z_q, q.logvar)
         finally:
             self.train(was_training)
+
+
+@register_check
+def check_tokenizer_config(config: Config) -> None:
+    """The config checks that need the quantizer registry: the quantizer's own derived settings
+    (FSQ levels, LFQ's d, LC's feature width), a weight given for a term it never produces, and
+    options that need free code vectors."""
+    try:
+        spec = quantizer_spec(config.model.quantizer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    m = config.model
+    if spec.finalize is not None:
+        spec.finalize(m)
+    check_weights(config, spec.weights)
+    for other in QUANTIZERS.values():  # a key of another quantizer, set for this one
+        for key in other.keys:
+            if key not in spec.keys and getattr(m, key) != getattr(DEFAULT_MODEL, key):
+                raise ConfigError(f"model.{key}={getattr(m, key)} is read only by model.quantizer={other.name}; "
+                                  f"this config uses model.quantizer={m.quantizer}: remove model.{key}")
+    free = spec.free_codes(m)
+    if m.codebook_init == "latent" and not free:
+        raise ConfigError(f"model.codebook_init=latent needs free code vectors; model.quantizer="
+                          f"{m.quantizer} with model.codebook_projection="
+                          f"{str(m.codebook_projection).lower()} has none")
+    if m.dead_code_interval and not free and spec.free_codes(dataclasses.replace(m, codebook_projection=False)):
+        raise ConfigError(f"model.dead_code_interval={m.dead_code_interval}: the codes of model.quantizer="
+                          f"{m.quantizer} through model.codebook_projection=true cannot be restarted one by one; "
+                          "set model.dead_code_interval=0")
+    if m.dead_code_interval and not free:
+        # tiny's restart setting must not stop `model.quantizer=simvq` on tiny: turned off, said so
+        warnings.warn(f"model.dead_code_interval={m.dead_code_interval} does not apply to "
+                      f"model.quantizer={m.quantizer} (no free code vectors to restart); "
+                      "dead-code restart is off for this run", stacklevel=2)
+        m.dead_code_interval = 0

@@ -12,16 +12,29 @@ import math
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import nn
 
-from vaevq.config import LossConfig, ModelConfig
-from vaevq.quantizers.base import Codebook, CodebookQuantizer, QuantizerOutput, register_quantizer
+from vaevq.config import ConfigError, LossConfig, ModelConfig
+from vaevq.distributed import all_reduce_sum
+from vaevq.quantizers.base import (
+    Codebook,
+    CodebookQuantizer,
+    Quantizer,
+    QuantizerOutput,
+    check_indices,
+    register_quantizer,
+)
 from vaevq.quantizers.vlq import VectorQuantizer, straight_through
 
 # ---------------------------------------------------------------- VQGAN-EMA
 
 
-@register_quantizer("ema")
+@register_quantizer("ema", weights={"commit": "beta"}, free_codes=lambda m: True,
+                    keys=("ema_codebook_decay", "ema_eps"))
+def _ema(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> EMAVectorQuantizer:
+    return EMAVectorQuantizer(model.codebook_size, model.latent_dim, model.ema_codebook_decay, model.ema_eps,
+                              model.search_block, terms)
+
+
 class EMAVectorQuantizer(CodebookQuantizer):
     """Codebook updated by exponential moving averages of the assignments (no gradient).
 
@@ -29,23 +42,21 @@ class EMAVectorQuantizer(CodebookQuantizer):
     n_k <- decay n_k + (1 - decay) sum_i A_ik;  m_k <- decay m_k + (1 - decay) sum_i A_ik z_i;
     Laplace smoothing n~_k = (n_k + eps) / (sum n + K eps) * sum n;  e_k = m_k / n~_k.
     Counts and sums are summed over all ranks first, so every rank applies the same update.
-    Loss: commitment beta * ||z - sg(z_q)||^2 only.
+    Term: ``commit`` ||z - sg(z_q)||^2 only.
     """
 
-    def __init__(self, model: ModelConfig, loss: LossConfig):
-        super().__init__()
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, init="normal")
+    def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5,
+                 search_block: int = 256, terms=("commit",)):
+        super().__init__(terms)
+        self.codebook = Codebook(codebook_size, dim, init="normal")
         self.codebook.embedding.requires_grad_(False)
-        self.decay, self.eps = model.ema_codebook_decay, model.ema_eps
-        self.register_buffer("cluster_size", torch.zeros(model.codebook_size))
+        self.decay, self.eps = decay, eps
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
         self.register_buffer("embed_sum", self.codebook.embedding.detach().clone())
-        self.search_block = model.search_block
-        self.beta = loss.commitment_beta
+        self.search_block = search_block
 
     @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        from vaevq.training.distributed import all_reduce_sum  # (a module import here would be circular)
-
         k = self.codebook.size
         counts = torch.bincount(indices, minlength=k).to(flat.dtype)
         sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)
@@ -64,54 +75,62 @@ class EMAVectorQuantizer(CodebookQuantizer):
         self.cluster_size[ids] = 1.0
         self.embed_sum[ids] = vectors
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         vectors = self.codebook.vectors()
         indices = self.codebook.search(z, vectors, self.search_block)
         z_q = self.codebook.lookup(indices, vectors).detach()
         if self.training and torch.is_grad_enabled():
             self.ema_update(rearrange(z.detach(), "b d h w -> (b h w) d"), indices.flatten())
         z_q_decoder = straight_through(z, z_q) if torch.is_grad_enabled() else z_q
-        losses = {"commit": self.beta * F.mse_loss(z, z_q)}
-        return QuantizerOutput(z, z, z_q, z_q_decoder, indices, losses)
+        terms = {"commit": F.mse_loss(z, z_q)} if self.wants("commit") else {}
+        return QuantizerOutput(z, z, z_q, z_q_decoder, indices, terms)
 
 
 # ---------------------------------------------------------------- SimVQ and Mo-VQGAN
 
 
-@register_quantizer("simvq")
-def simvq(model: ModelConfig, loss: LossConfig) -> VectorQuantizer:
+@register_quantizer("simvq", weights={"codebook": "one", "commit": "beta"}, free_codes=lambda m: False)
+def simvq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> VectorQuantizer:
     """SimVQ: frozen codebook C ~ N(0, d^-1/2) through one trainable Linear(d, d); the VQ losses
     reach the linear layer through C W. Decoding from ids applies the projection too."""
-    return VectorQuantizer(model, loss, projection=True)
+    return VectorQuantizer(model.codebook_size, model.latent_dim, True, model.codebook_init,
+                           model.search_block, terms)
 
 
-@register_quantizer("movq")
-def movq(model: ModelConfig, loss: LossConfig) -> VectorQuantizer:
+@register_quantizer("movq", weights={"codebook": "one", "commit": "beta"}, decoder_modulated=True)
+def movq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> VectorQuantizer:
     """Mo-VQGAN's quantizer is plain VQ; the model gives it a decoder whose normalization
     layers are modulated by z_q (spatially conditional normalization)."""
-    return VectorQuantizer(model, loss)
+    return VectorQuantizer(model.codebook_size, model.latent_dim, model.codebook_projection,
+                           model.codebook_init, model.search_block, terms)
 
 
 # ---------------------------------------------------------------- SoftVQ
 
 
-@register_quantizer("softvq")
+@register_quantizer("softvq", weights={}, keys=("softvq_tau",))
+def _softvq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> SoftVectorQuantizer:
+    return SoftVectorQuantizer(model.codebook_size, model.latent_dim, model.codebook_projection,
+                               model.softvq_tau, model.search_block)
+
+
 class SoftVectorQuantizer(CodebookQuantizer):
     """Soft assignment p = softmax(-||z - e_k||^2 / tau); in training z_q = p E (differentiable
     in z and E). Token ids are the hard argmin, and evaluation decodes E[argmin], so decoding
     ids equals the evaluation reconstruction. No loss terms of its own."""
 
-    def __init__(self, model: ModelConfig, loss: LossConfig):
+    def __init__(self, codebook_size: int, dim: int, projection: bool = False, tau: float = 1.0,
+                 search_block: int = 256):
         super().__init__()
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection, "normal")
-        self.tau = model.softvq_tau
-        self.search_block = model.search_block
+        self.codebook = Codebook(codebook_size, dim, projection, "normal")
+        self.tau = tau
+        self.search_block = search_block
 
     def probabilities(self, flat: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         d2 = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ vectors.t() + vectors.pow(2).sum(1)[None])
         return torch.softmax(-d2 / self.tau, dim=1)
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         vectors = self.codebook.vectors()
         indices = self.codebook.search(z, vectors, self.search_block)
         if self.training and torch.is_grad_enabled():
@@ -143,8 +162,29 @@ def fsq_levels_for(codebook_size: int) -> tuple[int, ...]:
     return FSQ_DEFAULT_LEVELS[codebook_size]
 
 
-@register_quantizer("fsq")
-class FiniteScalarQuantizer(nn.Module):
+def _finalize_fsq(m: ModelConfig) -> None:
+    """FSQ's levels (the FSQ paper's for the codebook size, unless given) set d and K."""
+    if not m.fsq_levels:
+        try:
+            m.fsq_levels = fsq_levels_for(m.codebook_size)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if any(level < 2 for level in m.fsq_levels):
+        raise ConfigError(f"model.fsq_levels must all be >= 2; got {list(m.fsq_levels)}")
+    m.latent_dim = len(m.fsq_levels)
+    m.codebook_size = math.prod(m.fsq_levels)
+
+
+@register_quantizer("fsq", weights={}, free_codes=lambda m: False, finalize=_finalize_fsq, keys=("fsq_levels",))
+def _fsq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> FiniteScalarQuantizer:
+    levels = tuple(model.fsq_levels) or fsq_levels_for(model.codebook_size)
+    if len(levels) != model.latent_dim or math.prod(levels) != model.codebook_size:
+        raise ValueError(f"FSQ levels {list(levels)} need model.latent_dim={len(levels)} and "
+                         f"model.codebook_size={math.prod(levels)}")
+    return FiniteScalarQuantizer(levels)
+
+
+class FiniteScalarQuantizer(Quantizer):
     """FSQ: each of the d = len(levels) channels is bounded and rounded to L_i values.
 
     bound(z) = tanh(z + shift) * h - offset with h = (L - 1)(1 + 1e-3) / 2, offset 0.5 for even
@@ -152,15 +192,9 @@ class FiniteScalarQuantizer(nn.Module):
     are normalised to [-1, 1] by L // 2. Token id: the mixed-radix number of the level digits.
     """
 
-    variational = False
-    in_channels_factor = 1
-
-    def __init__(self, model: ModelConfig, loss: LossConfig):
+    def __init__(self, levels: tuple[int, ...]):
         super().__init__()
-        levels = tuple(model.fsq_levels) or fsq_levels_for(model.codebook_size)
-        if len(levels) != model.latent_dim or math.prod(levels) != model.codebook_size:
-            raise ValueError(f"FSQ levels {list(levels)} need model.latent_dim={len(levels)} and "
-                             f"model.codebook_size={math.prod(levels)}")
+        levels = tuple(levels)
         self.register_buffer("levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
         basis = torch.cumprod(torch.tensor((1,) + levels[:-1], dtype=torch.int64), 0)
         self.register_buffer("basis", basis, persistent=False)
@@ -179,7 +213,7 @@ class FiniteScalarQuantizer(nn.Module):
         shift = torch.atanh(offset / half)
         return torch.tanh(z + shift) * half - offset
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         bounded = self.bound(z)
         integer = torch.round(bounded).detach()
         half_width = self._view(self.levels // 2).to(z.dtype)
@@ -189,10 +223,7 @@ class FiniteScalarQuantizer(nn.Module):
         return QuantizerOutput(z, z, z_q, z_q_decoder, indices, {})
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        if indices.dtype != torch.long:
-            raise TypeError(f"token indices must be int64, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"token index out of range [0, {self.codebook_size})")
+        check_indices(indices, self.codebook_size)
         digits = (indices[:, None] // self._view(self.basis)) % self._view(self.levels)
         half_width = self._view(self.levels // 2)
         return (digits - half_width).float() / half_width.float()
@@ -201,31 +232,39 @@ class FiniteScalarQuantizer(nn.Module):
 # ---------------------------------------------------------------- LFQ
 
 
-@register_quantizer("lfq")
-class LookupFreeQuantizer(nn.Module):
+def _finalize_lfq(m: ModelConfig) -> None:
+    k = m.codebook_size
+    if k < 2 or k & (k - 1):
+        raise ConfigError(f"model.quantizer=lfq needs a power-of-two model.codebook_size; got {k}")
+    m.latent_dim = k.bit_length() - 1
+
+
+@register_quantizer("lfq", weights={"commit": "beta", "entropy": "entropy"}, free_codes=lambda m: False,
+                    finalize=_finalize_lfq, keys=("lfq_entropy_weight", "lfq_diversity", "lfq_temperature"))
+def _lfq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> LookupFreeQuantizer:
+    if 2**model.latent_dim != model.codebook_size:
+        raise ValueError(f"LFQ has 2^latent_dim codes: model.codebook_size={model.codebook_size} needs "
+                         f"model.latent_dim={int(math.log2(model.codebook_size))} (a power of two)")
+    return LookupFreeQuantizer(model.latent_dim, model.lfq_temperature, model.lfq_diversity, terms)
+
+
+class LookupFreeQuantizer(Quantizer):
     """LFQ (MAGVIT-v2): q_i = sign(z_i) in {-1, +1}; token id sum_i [z_i > 0] 2^i; K = 2^d.
 
-    Entropy loss (weighted by ``model.lfq_entropy_weight``): mean per-token entropy of
-    p(c | z) = softmax_c(2 z.c / tau) minus ``lfq_diversity`` x the entropy of its batch mean,
-    computed exactly over all 2^d codes (d <= 16); plus commitment beta * ||z - sg(q)||^2.
+    Term ``entropy`` (weighted by ``model.lfq_entropy_weight``): mean per-token entropy of
+    p(c | z) = softmax_c(2 z.c / tau) minus ``diversity`` x the entropy of its batch mean,
+    computed exactly over all 2^d codes (d <= 16); term ``commit`` ||z - sg(q)||^2.
     """
 
-    variational = False
-    in_channels_factor = 1
-
-    def __init__(self, model: ModelConfig, loss: LossConfig):
-        super().__init__()
-        d = model.latent_dim
-        if 2**d != model.codebook_size:
-            raise ValueError(f"LFQ has 2^latent_dim codes: model.codebook_size={model.codebook_size} needs "
-                             f"model.latent_dim={int(math.log2(model.codebook_size))} (a power of two)")
+    def __init__(self, dim: int, temperature: float = 1.0, diversity: float = 1.0,
+                 terms=("commit", "entropy")):
+        super().__init__(terms)
+        d = dim
         if d > 16:
             raise ValueError("LFQ's exact entropy loss supports latent_dim <= 16")
         self.d = d
-        self.beta = loss.commitment_beta
-        self.entropy_weight = model.lfq_entropy_weight
-        self.diversity = model.lfq_diversity
-        self.tau = model.lfq_temperature
+        self.diversity = diversity
+        self.tau = temperature
         self.register_buffer("bits", 2 ** torch.arange(d), persistent=False)
 
     @property
@@ -247,21 +286,19 @@ class LookupFreeQuantizer(nn.Module):
         codebook = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
         return per_token, codebook
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         q = torch.where(z > 0, 1.0, -1.0).to(z.dtype)
         indices = ((z > 0).long() * self.bits.view(1, -1, 1, 1)).sum(1)
         z_q_decoder = straight_through(z, q) if torch.is_grad_enabled() else q
-        losses = {}
+        terms = {}
         if torch.is_grad_enabled():
-            losses["commit"] = self.beta * F.mse_loss(z, q)
-            if self.entropy_weight:
+            if self.wants("commit"):
+                terms["commit"] = F.mse_loss(z, q)
+            if self.wants("entropy"):
                 per_token, codebook = self.entropy_terms(rearrange(z, "b d h w -> (b h w) d"))
-                losses["entropy"] = self.entropy_weight * (per_token - self.diversity * codebook)
-        return QuantizerOutput(z, z, q, z_q_decoder, indices, losses)
+                terms["entropy"] = per_token - self.diversity * codebook
+        return QuantizerOutput(z, z, q, z_q_decoder, indices, terms)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        if indices.dtype != torch.long:
-            raise TypeError(f"token indices must be int64, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"token index out of range [0, {self.codebook_size})")
+        check_indices(indices, self.codebook_size)
         return ((indices[:, None] // self.bits.view(1, -1, 1, 1)) % 2).float() * 2 - 1

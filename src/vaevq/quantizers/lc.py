@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaevq.config import LossConfig, ModelConfig
-from vaevq.quantizers.base import Codebook, register_quantizer
+from vaevq.config import ConfigError, LossConfig, ModelConfig
+from vaevq.features import EfficientNetLite0
+from vaevq.quantizers.base import register_quantizer
 from vaevq.quantizers.search import nearest_code
 from vaevq.quantizers.vlq import VectorQuantizer
 
@@ -92,28 +93,44 @@ def load_feature_file(path: str | Path) -> torch.Tensor:
 class _EffNetBlocks(nn.Module):
     def __init__(self):
         super().__init__()
-        from vaevq.features import EfficientNetLite0
-
         self.net = EfficientNetLite0.pretrained()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.block_features(x)
 
 
-@register_quantizer("lc")
-class LCQuantizer(VectorQuantizer):
-    """VQ with a frozen (K, F) feature codebook and a trainable Linear(F, d) projection."""
+def _finalize_lc(m: ModelConfig) -> None:
+    """A feature file's width F is read once and recorded (model.lc_feature_dim), so a trained
+    model loads without the file."""
+    if m.lc_features != "effnet-lite0" and not m.lc_feature_dim:
+        try:
+            m.lc_feature_dim = int(load_feature_file(m.lc_features).shape[1])
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(str(err)) from None
 
-    def __init__(self, model: ModelConfig, loss: LossConfig):
-        super().__init__(model, loss, projection=True)
-        self.source = model.lc_features
-        self.max_features = model.lc_max_features
-        self.kmeans_iters = model.lc_kmeans_iters
-        if self.source == "effnet-lite0":
-            feature_dim = EFFNET_BLOCK_CHANNELS
-        else:  # set by config.finalize from the file, so a trained model loads without the file
-            feature_dim = model.lc_feature_dim or load_feature_file(self.source).shape[1]
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, projection=True, basis_dim=feature_dim)
+
+@register_quantizer("lc", weights={"codebook": "one", "commit": "beta"}, free_codes=lambda m: False,
+                    finalize=_finalize_lc, keys=("lc_features", "lc_feature_dim", "lc_max_features",
+                                                 "lc_kmeans_iters"))
+def _lc(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> LCQuantizer:
+    feature_dim = EFFNET_BLOCK_CHANNELS if model.lc_features == "effnet-lite0" else (
+        model.lc_feature_dim or load_feature_file(model.lc_features).shape[1])
+    return LCQuantizer(model.codebook_size, model.latent_dim, feature_dim, model.lc_features,
+                       model.lc_max_features, model.lc_kmeans_iters, model.search_block, terms)
+
+
+class LCQuantizer(VectorQuantizer):
+    """VQ with a frozen (K, F) feature codebook and a trainable Linear(F, d) projection;
+    ``source``: where the features for k-means come from (effnet-lite0 or a feature file)."""
+
+    def __init__(self, codebook_size: int, dim: int, feature_dim: int, source: str = "effnet-lite0",
+                 max_features: int = 20000, kmeans_iters: int = 20, search_block: int = 256,
+                 terms=("codebook", "commit")):
+        super().__init__(codebook_size, dim, projection=True, search_block=search_block, terms=terms,
+                         basis_dim=feature_dim)
+        self.source = source
+        self.max_features = max_features
+        self.kmeans_iters = kmeans_iters
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -152,6 +169,10 @@ class LCQuantizer(VectorQuantizer):
 
     def needs_initialization(self) -> bool:
         return not bool(self.initialized)
+
+    def initialize(self, batches, seed: int = 0) -> None:
+        """k-means of ``source``'s features of the training image batches."""
+        self.initialize_from(self.source, batches, seed)
 
     def images_needed(self) -> int:
         """Training images whose features suffice for k-means (49 positions each at 224 px)."""

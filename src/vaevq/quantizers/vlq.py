@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
 from vaevq.config import LossConfig, ModelConfig
-from vaevq.losses.convention import effective_weights
 from vaevq.losses.vaevq_losses import (
     dcr_loss,
     gaussian_moments,
@@ -32,42 +29,52 @@ def released_estimator(
     return mu + sigma * ((z_q - mu) / sigma).detach() + z_q - z_q.detach()
 
 
-def _weighted(terms: dict[str, tuple[float, Callable[[], torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    """Evaluate the terms whose weight is non-zero; a switched-off term is absent."""
-    return {name: weight * fn() for name, (weight, fn) in terms.items() if weight != 0.0}
+@register_quantizer("vlq", weights={"codebook": "codebook", "commit": "codebook_beta", "rcs": "rcs",
+                                   "dcr": "dcr", "dcr_latent": "dcr_latent", "kl": "kl"})
+def _vlq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> VariationalLatentQuantizer:
+    return VariationalLatentQuantizer(
+        model.codebook_size, model.latent_dim, projection=model.codebook_projection, init=model.codebook_init,
+        quantize_sample=model.quantize == "sample", estimator=model.estimator,
+        logvar_range=(model.logvar_min, model.logvar_max), search_block=model.search_block,
+        rcs_form=loss.rcs_form, dcr_target=loss.dcr_target, terms=terms)
 
 
-@register_quantizer("vlq")
 class VariationalLatentQuantizer(CodebookQuantizer):
     """Encoder features (B, 2d, h, w) -> posterior (mu, logvar), sample, nearest code.
 
-    Loss terms, each multiplied by its weight (``rcs``, ``dcr``, ``kl`` converted from the
-    paper's units by :func:`~vaevq.losses.effective_weights`): ``rcs`` (paper eq. 7, or the
-    released form), ``dcr`` (paper eq. 11 on the effective codebook, with the target that
-    ``loss.dcr_target`` names), ``dcr_latent`` (dcr_target=both: the same formula on the batch
-    statistics of mu), ``kl``, and for the ablations without RCS VQGAN's ``codebook`` and
-    ``commit`` terms on what was quantized.
+    Unweighted terms (those in ``terms``): ``rcs`` (paper eq. 7, or ``rcs_form="released"``),
+    ``dcr`` (paper eq. 11 on the effective codebook, with the target ``dcr_target`` names:
+    prior | latent | both), ``dcr_latent`` (the same formula on the batch statistics of mu),
+    ``kl``, and VQGAN's ``codebook`` and ``commit`` MSEs on what was quantized (the ablations
+    without RCS).
     """
 
     variational = True
+    in_channels_factor = 2
 
-    def __init__(self, model: ModelConfig, loss: LossConfig):
-        super().__init__()
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, model.codebook_projection,
-                                 model.codebook_init)
-        self.quantize_sample = model.quantize == "sample"
-        self.estimator = model.estimator
-        self.logvar_range = (model.logvar_min, model.logvar_max)
-        self.search_block = model.search_block
-        self.loss = loss
-        self.pixels = (model.in_channels, 2 ** (len(model.ch_mult) - 1))  # C and f of the images
+    def __init__(self, codebook_size: int, dim: int, projection: bool = False, init: str = "uniform",
+                 quantize_sample: bool = True, estimator: str = "straight-through",
+                 logvar_range: tuple[float, float] = (-30.0, 20.0), search_block: int = 256,
+                 rcs_form: str = "paper", dcr_target: str = "prior",
+                 terms=("rcs", "dcr", "kl")):
+        super().__init__(terms)
+        self.codebook = Codebook(codebook_size, dim, projection, init)
+        self.quantize_sample = quantize_sample
+        self.estimator = estimator
+        self.logvar_range = logvar_range
+        self.search_block = search_block
+        self.rcs = rcs_loss_released if rcs_form == "released" else rcs_loss
+        self.dcr_target = dcr_target
 
-    @property
-    def in_channels_factor(self) -> int:
-        return 2
+    def token_indices(self, indices: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
+        """Training quantizes the sample; tokens come from mu (its nearest codes)."""
+        if mu is None or not self.quantize_sample:
+            return indices
+        with torch.no_grad():
+            return self.codebook.search(mu.float(), self.codebook.vectors(), self.search_block)
 
     def _dcr(self, vectors: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        if self.loss.dcr_target == "latent":
+        if self.dcr_target == "latent":
             return dcr_loss(vectors, gaussian_moments(latent_rows(mu.detach())))
         return dcr_loss(vectors)
 
@@ -91,41 +98,42 @@ class VariationalLatentQuantizer(CodebookQuantizer):
             z_q_decoder = released_estimator(mu, sigma, z_q)
         else:
             z_q_decoder = straight_through(z, z_q)
-        rcs = rcs_loss_released if self.loss.rcs_form == "released" else rcs_loss
-        w = effective_weights(self.loss, *self.pixels, mu.shape[1], mu.shape[2] * mu.shape[3])
-        losses = _weighted({
-            "codebook": (self.loss.codebook_weight, lambda: F.mse_loss(z_q, z.detach())),
-            "commit": (self.loss.codebook_weight * self.loss.commitment_beta,
-                       lambda: F.mse_loss(z, z_q.detach())),
-            "rcs": (w["rcs"], lambda: rcs(z_q, mu, logvar)),
-            "dcr": (w["dcr"], lambda: self._dcr(vectors, mu)),
-            "dcr_latent": (w["dcr"] if self.loss.dcr_target == "both" else 0.0,
-                           lambda: dcr_loss(latent_rows(mu))),
-            "kl": (w["kl"], lambda: kl_loss(mu, logvar)),
-        })
-        return QuantizerOutput(z, z_c, z_q, z_q_decoder, indices, losses, mu, logvar)
+        formulas = {
+            "codebook": lambda: F.mse_loss(z_q, z.detach()),
+            "commit": lambda: F.mse_loss(z, z_q.detach()),
+            "rcs": lambda: self.rcs(z_q, mu, logvar),
+            "dcr": lambda: self._dcr(vectors, mu),
+            "dcr_latent": lambda: dcr_loss(latent_rows(mu)),
+            "kl": lambda: kl_loss(mu, logvar),
+        }
+        terms = {name: fn() for name, fn in formulas.items() if self.wants(name)}
+        return QuantizerOutput(z, z_c, z_q, z_q_decoder, indices, terms, mu, logvar)
 
 
-@register_quantizer("vq")
+@register_quantizer("vq", weights={"codebook": "one", "commit": "beta"})
+def _vq(model: ModelConfig, loss: LossConfig, terms: frozenset[str]) -> VectorQuantizer:
+    return VectorQuantizer(model.codebook_size, model.latent_dim, model.codebook_projection,
+                           model.codebook_init, model.search_block, terms)
+
+
 class VectorQuantizer(CodebookQuantizer):
-    """VQGAN: nearest code, straight-through, codebook + beta * commitment loss (non-legacy)."""
+    """VQGAN: nearest code, straight-through; terms ``codebook`` ||sg(z) - z_q||^2 and ``commit``
+    ||z - sg(z_q)||^2 (non-legacy; weighted 1 and beta by the loss module)."""
 
-    variational = False
+    def __init__(self, codebook_size: int, dim: int, projection: bool = False, init: str = "uniform",
+                 search_block: int = 256, terms=("codebook", "commit"), basis_dim: int | None = None):
+        super().__init__(terms)
+        self.codebook = Codebook(codebook_size, dim, projection, init, basis_dim=basis_dim)
+        self.search_block = search_block
 
-    def __init__(self, model: ModelConfig, loss: LossConfig, projection: bool | None = None):
-        super().__init__()
-        projection = model.codebook_projection if projection is None else projection
-        self.codebook = Codebook(model.codebook_size, model.latent_dim, projection, model.codebook_init)
-        self.search_block = model.search_block
-        self.beta = loss.commitment_beta
-
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> QuantizerOutput:
         vectors = self.codebook.vectors()
         indices = self.codebook.search(z, vectors, self.search_block)
         z_q = self.codebook.lookup(indices, vectors)
         z_q_decoder = straight_through(z, z_q) if torch.is_grad_enabled() else z_q
-        losses = {
-            "codebook": F.mse_loss(z_q, z.detach()),
-            "commit": self.beta * F.mse_loss(z, z_q.detach()),
-        }
-        return QuantizerOutput(z, z, z_q, z_q_decoder, indices, losses)
+        terms = {}
+        if self.wants("codebook"):
+            terms["codebook"] = F.mse_loss(z_q, z.detach())
+        if self.wants("commit"):
+            terms["commit"] = F.mse_loss(z, z_q.detach())
+        return QuantizerOutput(z, z, z_q, z_q_decoder, indices, terms)

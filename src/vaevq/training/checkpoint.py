@@ -9,14 +9,16 @@ import torch
 
 from vaevq.config import Config, config_from_dict, finalize
 from vaevq.fileio import atomic_write
+from vaevq.models import VAEVQ
+from vaevq.rundir import BEST, LAST, WEIGHTS, RunDir
 
 CHECKPOINT_FORMAT = 1
-LAST = "last.pt"
-BEST = "best.pt"
+__all__ = ["BEST", "LAST", "checkpoint_dir", "load_checkpoint", "load_model", "resolve_checkpoint",
+           "save_checkpoint"]
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunDir(run_dir).checkpoints
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -51,7 +53,7 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        candidate = checkpoint_dir(path) / (BEST if which == "best" else LAST)
+        candidate = RunDir(path).checkpoint("best" if which == "best" else "last")
         if candidate.is_file():
             return candidate
         raise FileNotFoundError(f"{path} holds no checkpoint {candidate.relative_to(path)} "
@@ -64,10 +66,9 @@ def load_model(path: str | Path, which: str = "last", map_location: str = "cpu")
 
     When the run kept a weight EMA, the EMA weights are returned (what evaluation uses).
     """
-    from vaevq.models import VAEVQ
 
     path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file() and not checkpoint_dir(path).is_dir():
+    if path.is_dir() and (path / WEIGHTS).is_file() and not RunDir(path).checkpoints.is_dir():
         return VAEVQ.from_pretrained(path, map_location)
     file = resolve_checkpoint(path, which)
     state = load_checkpoint(file, map_location)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from einops import rearrange
 
 from vaevq.config import Config
-from vaevq.training.distributed import all_reduce_sum
+from vaevq.distributed import all_reduce_sum, broadcast
 
 
 class DeadCodeRestarter:
@@ -60,8 +59,7 @@ class DeadCodeRestarter:
             scale = flat.std(0, keepdim=True).clamp_min(1e-6) * 1e-2
             rows = rows + scale * torch.randn(rows.shape, generator=gen).to(rows.device)
         rows = rows.to(quantizer.codebook.embedding.dtype).contiguous()
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(rows, 0)
+        broadcast(rows, 0)
         quantizer.restart_codes(dead.to(rows.device), rows)
         param = quantizer.codebook.embedding
         if optimizer is not None and param in optimizer.state:
@@ -73,9 +71,7 @@ class DeadCodeRestarter:
 
     def state_dict(self) -> dict[str, Any]:
         """The interval's counts summed over all ranks (a collective call: every rank makes it)."""
-        device = "cuda" if dist.is_available() and dist.is_initialized() and \
-            dist.get_backend() == "nccl" else "cpu"
-        return {"counts": all_reduce_sum(self.counts.to(device)).cpu().clone()}
+        return {"counts": all_reduce_sum(self.counts.cpu()).clone()}
 
     def load_state_dict(self, state: dict[str, Any], main: bool = True) -> None:
         """Rank 0 resumes with the summed counts, the others with zeros: the next sum is right."""

@@ -6,11 +6,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vaevq.distributed import all_gather_cat, all_reduce_sum
 from vaevq.losses import dcr_loss
-from vaevq.metrics import CodebookUsage, psnr, ssim
+from vaevq.metrics import CodebookUsage, FrechetDistance, psnr, ssim
 from vaevq.metrics.codebook import LatentSpread
-from vaevq.training.distributed import all_gather_cat, all_reduce_sum
 from vaevq.training.noise import sample_noise
+from vaevq.weights import WeightsNotFoundError
 
 MAX_ERRORS = 1_000_000
 
@@ -25,7 +26,7 @@ def codebook_statistics(model, errors: list[torch.Tensor]) -> dict[str, float]:
         stats["quant_error_mean"] = float(e.mean())
         for q in (0.5, 0.9, 0.99):
             stats[f"quant_error_p{int(q * 100)}"] = float(torch.quantile(e, q))
-    codebook = getattr(model.quantizer, "codebook", None)
+    codebook = getattr(model.quantizer, "codebook", None)  # any model whose quantizer may have one
     if codebook is not None:
         vectors = codebook.vectors().detach()
         stats["codebook_w2_to_prior"] = float(dcr_loss(vectors)) + vectors.shape[1]
@@ -60,7 +61,7 @@ class TokenStatistics:
             self.errors.append(out.quant_error.flatten().cpu())
 
     def _sampled_indices(self, out, seeds: torch.Tensor) -> torch.Tensor:
-        codebook = getattr(self.model.quantizer, "codebook", None)
+        codebook = self.model.codebook
         if out.logvar is None or codebook is None:
             return out.indices  # no noise: the sample is the latent itself
         noise = sample_noise(seeds, tuple(out.latent.shape[1:]), out.latent.device)
@@ -174,8 +175,6 @@ def frechet_metrics(eval_config, device: torch.device | str = "cpu") -> tuple[di
     ``rfid`` needs the FID InceptionV3 weights; when they cannot be found the note says why and
     how to provide them (the value is never invented). ``fid_effnet`` works offline.
     """
-    from vaevq.metrics import FrechetDistance
-    from vaevq.weights import WeightsNotFoundError
 
     metrics, notes = {}, {}
     if eval_config.rfid:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.training.images import image_grid
 
 ROWS = [("psnr", "PSNR (dB), quantized path", "{:.3f}"), ("ssim", "SSIM", "{:.4f}"),
         ("psnr_continuous", "PSNR (dB), continuous path", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"),
@@ -109,7 +110,6 @@ def curves_png(log_path: Path) -> bytes | None:
 
 
 def grid_png(model, images: torch.Tensor) -> bytes:
-    from vaevq.training.images import image_grid
 
     out = model.reconstruct_paths(images)
     rows = [images] + ([out.rec_c] if out.rec_c is not None else []) + [out.rec_q]

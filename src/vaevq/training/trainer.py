@@ -1,9 +1,14 @@
-"""The training loop: one loop for one process or many (torchrun)."""
+"""The training loop: one loop for one process or many (torchrun).
+
+The :class:`Trainer` is assembled from small factory functions (model, optimizers, objective,
+metrics), keeps every piece of its state in one :class:`~vaevq.training.state.TrainingState`
+and every path in one :class:`~vaevq.rundir.RunDir`; :meth:`Trainer.train_step` is one
+optimizer step.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import signal
@@ -19,23 +24,18 @@ from tqdm.auto import tqdm
 
 from vaevq.config import Config
 from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset
+from vaevq.data.brats import warm_brain_cache
+from vaevq.distributed import DistInfo, all_reduce_mean_, all_reduce_sum, barrier, broadcast, init_distributed
 from vaevq.fileio import atomic_write_text
-from vaevq.losses import gaussian_moments, latent_rows
+from vaevq.losses import Objective, gaussian_moments, latent_rows
 from vaevq.models import VAEVQ
 from vaevq.perceptual import LPIPS
-from vaevq.training.checkpoint import (
-    BEST,
-    LAST,
-    checkpoint_dir,
-    load_checkpoint,
-    save_checkpoint,
-)
+from vaevq.rundir import RunDir
 from vaevq.training.dead_codes import DeadCodeRestarter
-from vaevq.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from vaevq.training.evaluate import evaluate, frechet_metrics
 from vaevq.training.images import reconstruction_grid
 from vaevq.training.noise import sample_noise
-from vaevq.training.objective import Objective
+from vaevq.training.state import Progress, TrainingState, WeightEMA, restore_state, save_state
 
 
 def lr_lambda(config: Config, total_steps: int):
@@ -71,6 +71,42 @@ def effective_lr(config: Config, world_size: int) -> tuple[float, str]:
 LATENT_INIT_IMAGES = 256  # model.codebook_init=latent: training images whose latents set the codebook
 
 
+# ---------------------------------------------------------------------- factories
+
+
+def total_steps(config: Config, train_size: int, world_size: int) -> int:
+    t = config.train
+    if t.epochs > 0:
+        return t.epochs * (train_size // (t.batch_size * world_size * t.grad_accum))
+    return t.steps
+
+
+def build_model(config: Config, device: torch.device) -> VAEVQ:
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+    return VAEVQ(config).to(device)
+
+
+def build_optimizer(model: nn.Module, config: Config, lr: float) -> torch.optim.Optimizer:
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+
+
+def build_objective(config: Config, device: torch.device) -> Objective:
+    """Perceptual and adversarial terms (the discriminator and LeCam when gan.weight > 0)."""
+    return Objective(config).to(device)
+
+
+def build_lpips_metric(config: Config, objective: Objective, device: torch.device) -> LPIPS | None:
+    """The evaluation LPIPS: the perceptual loss's network when it is the same one."""
+    net = config.eval.lpips_net
+    if not net:
+        return None
+    if objective.perceptual is not None and objective.perceptual.net_name == net:
+        return objective.perceptual
+    return LPIPS(net).to(device)
+
+
 class _Keyed(torch.utils.data.Dataset):
     """Items ``(index, seed)`` -> ``(image, seed)``; the loader yields (images, seeds)."""
 
@@ -82,22 +118,6 @@ class _Keyed(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         return self.dataset[item], item[1]
-
-
-class WeightEMA:
-    """Exponential moving average of a model's parameters (buffers copied)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
 
 
 class _StopFlag:
@@ -125,38 +145,45 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+class _DeadCodeState:
+    """The restarter's counts as a state component (rank 0 resumes with the sums)."""
+
+    def __init__(self, restarter: DeadCodeRestarter, main: bool):
+        self.restarter, self.main = restarter, main
+
+    def state_dict(self):
+        return self.restarter.state_dict()
+
+    def load_state_dict(self, state):
+        self.restarter.load_state_dict(state, main=self.main)
+
+
 class Trainer:
     """Train ``config`` into ``run_dir``. ``resume=True`` continues from checkpoints/last.pt."""
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False,
                  device: str | None = None):
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.root
         self.dist: DistInfo = init_distributed(device)
         t = config.train
+        resuming = resume and self.run.has_checkpoint()
         if self.dist.enabled:  # brain MRI: every rank prepares its share of the slice cache first
-            from vaevq.data.brats import warm_brain_cache
-
             warm_brain_cache(config, self.dist.rank, self.dist.world_size, self.dist.local_rank == 0)
             barrier()
         self.train_set, self.eval_set = build_datasets(config, self.run_dir,
                                                        progress=self.dist.is_main and t.progress)
         # denser tiles for the token statistics (or None: the evaluated images' own tokens)
         self.token_set = build_token_dataset(config) if config.eval.max_images <= 0 else None
-        global_batch = t.batch_size * self.dist.world_size * t.grad_accum
-        if t.epochs > 0:
-            self.total_steps = t.epochs * (len(self.train_set) // global_batch)
-        else:
-            self.total_steps = t.steps
+        self.total_steps = total_steps(config, len(self.train_set), self.dist.world_size)
 
-        torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.model = VAEVQ(config).to(self.dist.device)
-        resuming = resume and (checkpoint_dir(self.run_dir) / LAST).is_file()
+        self.model = build_model(config, self.dist.device)
         if not resuming:
             self._initialize_codebook()
         self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.dead_codes = DeadCodeRestarter(config, self.model.quantizer.codebook_size)
-        if self.dead_codes.enabled and not getattr(self.model.quantizer, "supports_restart", False):
+        if self.dead_codes.enabled and not self.model.quantizer.supports_restart:
             raise ValueError(f"model.dead_code_interval: the {config.model.quantizer} quantizer's codes "
                              "cannot be restarted; set model.dead_code_interval=0")
         self.lr, self.lr_rule = effective_lr(config, self.dist.world_size)
@@ -165,53 +192,89 @@ class Trainer:
         self.channels_last = t.channels_last and cuda
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
-        # perceptual and adversarial terms; the discriminator has its own optimizer and schedule
-        self.objective = Objective(config).to(self.dist.device)
-        # (its learning rate follows the same schedule, set from the step before each D step)
-        self.disc_optimizer = None
-        self.disc_lr = config.gan.lr if config.gan.lr > 0 else self.lr
+        self.optimizer = build_optimizer(self.model, config, self.lr)
         self.lr_factor = lr_lambda(config, self.total_steps)
-        if self.objective.adversarial:
-            self.disc_optimizer = torch.optim.Adam(self.objective.discriminator_parameters(),
-                                                   lr=self.disc_lr, betas=config.gan.betas)
-        self.lpips_metric = None
-        if config.eval.lpips_net:
-            self.lpips_metric = (self.objective.perceptual
-                                 if self.objective.perceptual is not None
-                                 and self.objective.perceptual.net_name == config.eval.lpips_net
-                                 else LPIPS(config.eval.lpips_net).to(self.dist.device))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.objective = build_objective(config, self.dist.device)
+        # the discriminator has its own optimizer; its learning rate follows the same schedule
+        # (set from the step before each D step)
+        self.disc_lr = config.gan.lr if config.gan.lr > 0 else self.lr
+        self.disc_optimizer = (torch.optim.Adam(self.objective.discriminator_parameters(), lr=self.disc_lr,
+                                                betas=config.gan.betas)
+                               if self.objective.adversarial else None)
+        self.lpips_metric = build_lpips_metric(config, self.objective, self.dist.device)
         self.frechet, self.frechet_notes = frechet_metrics(config.eval, self.dist.device)
         if "rfid" in self.frechet_notes:
             self.print(f"[vaevq] rfid {self.frechet_notes['rfid']}")
-        self.step = 0
-        self.elapsed = 0.0  # seconds spent in training steps (not evaluation), over all resumes
-        self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
+        self.progress = Progress(best={"metric": t.best_metric, "value": None, "step": None})
+        self.state = self._training_state()
         self.resumed_from: int | None = None
-        if resume and (checkpoint_dir(self.run_dir) / LAST).is_file():
-            self._restore(checkpoint_dir(self.run_dir) / LAST)
+        if resuming:
+            restore_state(self.run.last, self.state, config, self.dist.device)
+            self.resumed_from = self.step
         if t.compile:  # in place (nn.Module.compile): the state dict keys stay those of the model
             self.model.encoder.compile()
             self.model.decoder.compile()
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if cuda else None)
                     if self.dist.enabled else self.model)
-        self.noise_shape = (config.model.latent_dim,
-                            config.data.resolution // self.model.downsample_factor,
-                            config.data.resolution // self.model.downsample_factor)
+        factor = self.model.downsample_factor
+        self.noise_shape = (config.model.latent_dim, config.data.resolution // factor,
+                            config.data.resolution // factor)
+
+    def _training_state(self) -> TrainingState:
+        """Every piece of state a resume needs, by name (the checkpoint's keys)."""
+        state = TrainingState()
+        state.add("progress", self.progress)
+        state.add("model", self.model)
+        state.add("optimizer", self.optimizer)
+        state.add("scheduler", self.scheduler)
+        if self.ema is not None:
+            state.add("ema", self.ema, "train.ema_decay is set; start a new run directory")
+        if self.objective.adversarial:
+            missing = "gan.weight is set; start a new run directory"
+            state.add("discriminator", self.objective.discriminator, missing)
+            if self.objective.lecam is not None:
+                state.add("lecam", self.objective.lecam, None)
+            state.add("disc_optimizer", self.disc_optimizer, missing)
+        if self.dead_codes.enabled:
+            state.add("dead_codes", _DeadCodeState(self.dead_codes, self.dist.is_main), None)
+        return state
+
+    # progress, under the names the loop and its callers use
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.progress.step = value
+
+    @property
+    def elapsed(self) -> float:
+        return self.progress.elapsed
+
+    @elapsed.setter
+    def elapsed(self, value: float) -> None:
+        self.progress.elapsed = value
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.progress.best
+
+    @best.setter
+    def best(self, value: dict[str, Any]) -> None:
+        self.progress.best = value
 
     def _initialize_codebook(self) -> None:
-        """Codebooks that come from data (VQGAN-LC's k-means, ``model.codebook_init=latent``):
-        computed on rank 0, broadcast."""
+        """Codebooks that come from data (``model.codebook_init=latent``; a quantizer that
+        ``needs_initialization``, e.g. VQGAN-LC's k-means): computed on rank 0, broadcast."""
         q = self.model.quantizer
         if self.config.model.codebook_init == "latent":
             if self.dist.is_main:
                 self._codebook_from_latents()
-            if self.dist.enabled:
-                torch.distributed.broadcast(q.codebook.embedding.data, 0)
+            broadcast(q.codebook.embedding.data, 0)
             return
-        if not (hasattr(q, "needs_initialization") and q.needs_initialization()):
+        if not q.needs_initialization():
             return
         if self.dist.is_main:
             n = min(len(self.train_set), q.images_needed())
@@ -220,12 +283,11 @@ class Trainer:
             batches = (torch.stack([self.train_set[i] for i in order[s:s + 32]]).to(self.dist.device)
                        for s in range(0, n, 32))
             start = time.perf_counter()
-            q.initialize_from(q.source, batches, seed=self.config.train.seed)
-            self.print(f"[vaevq] LC codebook: k-means of {q.source} features of {n} training images into "
-                       f"{q.codebook.size} codes in {time.perf_counter() - start:.1f} s")
-        if self.dist.enabled:
-            torch.distributed.broadcast(q.codebook.embedding.data, 0)
-            torch.distributed.broadcast(q.initialized, 0)
+            q.initialize(batches, seed=self.config.train.seed)
+            self.print(f"[vaevq] {self.config.model.quantizer} codebook: initialized from {n} training images "
+                       f"({q.codebook_size} codes) in {time.perf_counter() - start:.1f} s")
+        for tensor in [*q.parameters(), *q.buffers()]:
+            broadcast(tensor.data, 0)
 
     @torch.no_grad()
     def _codebook_from_latents(self) -> None:
@@ -248,68 +310,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.model.state_dict() if self.ema else None,
-            "best": self.best,
-            "elapsed": self.elapsed,
-            **self._adversarial_state(),
-        }
-
-    def _adversarial_state(self) -> dict[str, Any]:
-        if not self.objective.adversarial:
-            return {}
-        return {
-            "discriminator": self.objective.discriminator.state_dict(),
-            "lecam": self.objective.lecam.state_dict() if self.objective.lecam is not None else None,
-            "disc_optimizer": self.disc_optimizer.state_dict(),
-        }
-
-    def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path, self.dist.device)
-        diffs = _setting_differences(state.get("config"), self.config)
-        if diffs:
-            raise ValueError(f"{path} was trained with different settings ({'; '.join(diffs[:6])}); resume "
-                             "with the same model, loss and gan settings, or use a new run directory")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise ValueError(f"{path} has no weight EMA but train.ema_decay is set")
-            self.ema.model.load_state_dict(state["ema"])
-        if self.objective.adversarial:
-            if state.get("discriminator") is None:
-                raise ValueError(f"{path} has no discriminator state but gan.weight is set; "
-                                 "start a new run directory")
-            self.objective.discriminator.load_state_dict(state["discriminator"])
-            if self.objective.lecam is not None and state.get("lecam") is not None:
-                self.objective.lecam.load_state_dict(state["lecam"])
-            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
-        if self.dead_codes.enabled and state.get("dead_codes") is not None:
-            self.dead_codes.load_state_dict(state["dead_codes"], main=self.dist.is_main)
-        self.step = int(state["step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.best = state.get("best", self.best)
-        self.resumed_from = self.step
-
-    def save(self, name: str = LAST) -> None:
-        # collective parts first (every rank takes part), then rank 0 writes
-        dead_codes = self.dead_codes.state_dict() if self.dead_codes.enabled else None
+    def save(self, name: str = "last") -> None:
+        # every rank gathers the state (collective parts), then rank 0 writes
+        state = self.state.state_dict()
         if self.dist.is_main:
-            save_checkpoint(checkpoint_dir(self.run_dir) / name, {**self.state(), "dead_codes": dead_codes})
+            save_state(self.run.checkpoint(name), self.config, state)
         barrier()
 
     # ------------------------------------------------------------------ logging
 
     @property
     def log_path(self) -> Path:
-        return self.run_dir / "log.jsonl"
+        return self.run.log
 
     def log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
@@ -344,7 +356,7 @@ class Trainer:
         value = metrics.get(self.best["metric"])
         if value is not None and (self.best["value"] is None or value > self.best["value"]):
             self.best = {"metric": self.best["metric"], "value": value, "step": self.step}
-            self.save(BEST)
+            self.save("best")
         return metrics
 
     def save_images(self) -> None:
@@ -353,7 +365,7 @@ class Trainer:
         n = min(self.config.eval.grid_images, len(self.eval_set))
         picks = torch.linspace(0, len(self.eval_set) - 1, n).long().tolist()  # spread over the split
         images = torch.stack([self.eval_set[i] for i in picks]).to(self.dist.device)
-        reconstruction_grid(self.eval_model(), images, self.run_dir / "images" / f"step{self.step:07d}.png")
+        reconstruction_grid(self.eval_model(), images, self.run.image(self.step))
 
     # ------------------------------------------------------------------ loop
 
@@ -369,15 +381,14 @@ class Trainer:
     def _record_data(self) -> None:
         """Brain MRI: the split by subject (written once, reused on resume and by eval), the
         data notes, and every data problem (printed and logged with its count)."""
-        split = getattr(self.train_set, "split", None)
-        split_path = self.run_dir / "split.json"
-        if split is not None and not split_path.is_file():
+        split = self.train_set.split
+        if split is not None and not self.run.split.is_file():
             keep = {k: v for k, v in split.items() if k != "new_subjects_ignored"}
-            atomic_write_text(split_path, json.dumps(keep, indent=1) + "\n")
-        for note in getattr(self.train_set, "notes", []):
+            atomic_write_text(self.run.split, json.dumps(keep, indent=1) + "\n")
+        for note in self.train_set.notes:
             self.print(f"[vaevq] {note}")
-        problems = getattr(self.train_set, "problems", []) + getattr(self.eval_set, "problems", [])
-        skipped = getattr(self.train_set, "skipped", []) + getattr(self.eval_set, "skipped", [])
+        problems = self.train_set.problems + self.eval_set.problems
+        skipped = self.train_set.skipped + self.eval_set.skipped
         if problems:
             self.print(f"[vaevq] {len(problems)} data problem(s); {len(skipped)} subject(s) skipped:")
             for problem in problems:
@@ -404,8 +415,8 @@ class Trainer:
         """Run to train.steps (or epochs); returns the final evaluation metrics."""
         t = self.config.train
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml())
+            self.run.mkdir()
+            atomic_write_text(self.run.config, self.config.to_yaml())
             self._trim_log()
             self._record_data()
         self._announce()
@@ -437,9 +448,9 @@ class Trainer:
                 if t.image_every and self.step % t.image_every == 0:
                     self.save_images()
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save(LAST)
+                    self.save()
                 if self._stop_everywhere(stop.requested):
-                    self.save(LAST)
+                    self.save()
                     bar.close()
                     self.print(f"[vaevq] stopped at step {self.step}; checkpoint saved; "
                                f"continue with --resume")
@@ -447,14 +458,18 @@ class Trainer:
         bar.close()
         metrics = self.run_eval()
         self.save_images()
-        self.save(LAST)
+        self.save()
         if self.dist.is_main:
-            self.eval_model().save_pretrained(self.run_dir / "model")
+            self.eval_model().save_pretrained(self.run.model)
         self.print(f"[vaevq] done at step {self.step}: " + _short(metrics))
         return metrics
 
     def _train_step(self, x: torch.Tensor, seeds: torch.Tensor | None = None) -> dict[str, float]:
-        """One optimizer step over ``train.grad_accum`` micro-batches of this rank's batch."""
+        return self.train_step(x, seeds)
+
+    def train_step(self, x: torch.Tensor, seeds: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimizer step over ``train.grad_accum`` micro-batches of this rank's batch ``x``
+        (``seeds``: each image's noise seed); returns the mean of each logged term."""
         accum = self.config.train.grad_accum
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -471,7 +486,7 @@ class Trainer:
         if len(noise_chunks) != len(chunks):
             raise AssertionError(f"{len(chunks)} micro-batches but {len(noise_chunks)} noise chunks")
         # the codebook is constant until the optimizer step: every search of this step shares its norms
-        codebook = getattr(self.model.quantizer, "codebook", None)
+        codebook = self.model.quantizer.codebook if self.model.quantizer.has_codebook else None
         if codebook is not None:
             codebook.cache_norms(True)
         for i, (xi, ni) in enumerate(zip(chunks, noise_chunks)):
@@ -480,7 +495,7 @@ class Trainer:
             with sync:
                 with torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16,
                                     enabled=self.autocast):
-                    out = self.ddp(xi, noise=ni) if ni is not None else self.ddp(xi)
+                    out = self.ddp(xi, noise=ni)
                     terms = self.objective.generator_losses(xi, out, self.model.decoder.last_layer, self.step)
                 losses = {k: float(v.detach()) for k, v in terms.items()}
                 self._check_finite(losses)
@@ -504,11 +519,8 @@ class Trainer:
         if adversarial:
             for group in self.disc_optimizer.param_groups:
                 group["lr"] = self.disc_lr * self.lr_factor(self.step)
-            if self.dist.enabled:  # one discriminator for all ranks: average its gradients
-                for p in self.objective.discriminator_parameters():
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad.div_(self.dist.world_size)
+            # one discriminator for all ranks: average its gradients
+            all_reduce_mean_([p.grad for p in self.objective.discriminator_parameters() if p.grad is not None])
             self.disc_optimizer.step()
         self.optimizer.step()
         self.scheduler.step()
@@ -530,36 +542,14 @@ class Trainer:
         return bool(all_reduce_sum(flag).item() > 0)
 
     def _count_codes(self, out) -> None:
-        q = self.model.quantizer
-        if out.mu is not None and getattr(q, "quantize_sample", False):
-            # tokens come from mu: a code is alive when it is some mu's nearest code (the
-            # training indices of the noisy samples z_c reach far more codes than mu does)
-            with torch.no_grad():
-                self.dead_codes.update(q.codebook.search(out.mu.float(), q.codebook.vectors(), q.search_block))
-        else:
-            self.dead_codes.update(out.indices)
+        # tokens come from mu: a code is alive when it is some mu's nearest code (the training
+        # indices of the noisy samples z_c reach far more codes than mu does)
+        self.dead_codes.update(self.model.quantizer.token_indices(out.indices, out.mu))
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
                                      "checkpoint is untouched")
-
-def _setting_differences(saved: dict[str, Any] | None, config: Config) -> list[str]:
-    """The model, loss and gan keys whose values differ between a checkpoint and ``config``
-    (train.* may change on resume, e.g. more steps; data.* may move)."""
-    if not saved:
-        return []
-    from vaevq.config import config_from_dict, finalize
-
-    try:
-        old = finalize(config_from_dict(saved, "checkpoint config")).to_dict()
-    except Exception:  # noqa: BLE001 - an unreadable old config is not a reason to refuse
-        return []
-    new = config.to_dict()
-    return [f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
-            for section in ("model", "loss", "gan") for key in new[section]
-            if old[section].get(key) != new[section][key]]
-
 
 def _short(metrics: dict[str, float]) -> str:
     keys = ("psnr", "ssim", "utilization", "utilization_sampled", "perplexity")

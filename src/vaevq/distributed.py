@@ -1,4 +1,5 @@
-"""torch.distributed set-up behind one guard: one process or many (torchrun), same code."""
+"""torch.distributed behind one guard, at the bottom of the package: one process or many
+(torchrun), same code. Every collective call of vaevq goes through this module."""
 
 from __future__ import annotations
 
@@ -47,10 +48,38 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
+def is_distributed() -> bool:
+    """Whether a process group is running (the one guard of every collective call)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def backend() -> str | None:
+    return dist.get_backend() if is_distributed() else None
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def broadcast(tensor: torch.Tensor, src: int = 0) -> None:
+    """In place from rank ``src`` (nothing in a single process)."""
+    if is_distributed():
+        dist.broadcast(tensor, src)
+
+
+def all_reduce_mean_(tensors) -> None:
+    """Average tensors over ranks in place (nothing in a single process)."""
+    if is_distributed():
+        n = dist.get_world_size()
+        for t in tensors:
+            dist.all_reduce(t)
+            t.div_(n)
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (identity in a single process); a CPU tensor travels through the
     GPU under NCCL (which reduces CUDA tensors only) and comes back on the CPU."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         device = values.device
         staged = values.to("cuda") if dist.get_backend() == "nccl" and device.type == "cpu" else values.clone()
         dist.all_reduce(staged)
@@ -60,18 +89,28 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 def all_gather_cat(values: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D CPU tensor of any length from every rank, in rank order."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return values
     parts: list[torch.Tensor | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, values.cpu())
     return torch.cat([p for p in parts if p is not None])
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (identity in a single process), staged like all_reduce_sum."""
+    if is_distributed():
+        device = values.device
+        staged = values.to("cuda") if dist.get_backend() == "nccl" and device.type == "cpu" else values.clone()
+        dist.all_reduce(staged, op=dist.ReduceOp.MAX)
+        values = staged.to(device)
+    return values
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
