@@ -13,3 +13,5 @@ python -m vaevq train tiny train.steps=30 train.compile=true eval.rfid=false \
 python benchmarks/bench_all.py --device cuda --threads 8 2>&1 | tee "$OUT/bench.txt"
 # issue 13: a VAEVQ step (both paths in one decoder call) against a VQGAN step; goal <= 1.25x
 python benchmarks/bench_vaevq_step.py --device cuda --preset small --steps 30 2>&1 | tee "$OUT/vaevq-step.txt"
+# issue 14 (part 1): sampling with and without the key/value cache, gpt-tiny and GPT-B shapes
+python benchmarks/bench_sampling.py --device cuda --threads 8 2>&1 | tee "$OUT/sampling.txt"

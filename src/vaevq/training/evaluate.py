@@ -61,7 +61,7 @@ class TokenStatistics:
             self.errors.append(out.quant_error.flatten().cpu())
 
     def _sampled_indices(self, out, seeds: torch.Tensor) -> torch.Tensor:
-        codebook = self.model.codebook
+        codebook = getattr(self.model.quantizer, "codebook", None)  # any model whose quantizer may have one
         if out.logvar is None or codebook is None:
             return out.indices  # no noise: the sample is the latent itself
         noise = sample_noise(seeds, tuple(out.latent.shape[1:]), out.latent.device)
