@@ -59,10 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=["last", "best"], default="last")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
-    p = sub.add_parser("encode", help="token ids of every image in a folder, as .npy")
+    p = sub.add_parser("encode", help="token ids of every image in a folder, as .npy (or LlamaGen's layout)")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
-    p.add_argument("--out", required=True, metavar="TOKENS.npy")
+    p.add_argument("--out", required=True, metavar="TOKENS.npy|CODE_PATH",
+                   help="npy: one (N, h, w) file; llamagen: the code path holding DATASETSIZE_codes/ and _labels/")
     p.add_argument("images", metavar="IMAGE_DIR")
+    p.add_argument("--format", choices=["npy", "llamagen"], default="npy",
+                   help="llamagen: <out>/<dataset><size>_codes/<i>.npy (1, 2, h*w) codes of the image and its "
+                        "horizontal flip, and _labels/<i>.npy (1,) class index of the first folder under "
+                        "IMAGE_DIR (ImageFolder order), as LlamaGen's extract_codes_c2i.py writes them")
+    p.add_argument("--dataset", default="imagenet", help="llamagen: the dataset name in the folder names")
+    p.add_argument("--no-flip", action="store_true", help="llamagen: the original image only (num_aug 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--which", choices=["last", "best"], default="last")
     p.add_argument("--device", choices=["cpu", "cuda"])
@@ -294,6 +301,17 @@ def cmd_encode(args) -> int:
     model = load_model(args.checkpoint, args.which).to(device)
     resolution = model.config.data.resolution
     files = _image_files([args.images])
+    if args.format == "llamagen":
+        from vaevq.generation.codes import class_labels, encode_images, write_llamagen
+
+        codes = encode_images(model, files, args.batch_size, device, flip=not args.no_flip)
+        labels, classes = class_labels(files, args.images)
+        codes_dir, labels_dir = write_llamagen(args.out, args.dataset, resolution, codes, labels)
+        listing = Path(args.out) / f"{args.dataset}{resolution}_files.txt"
+        listing.write_text("".join(f"{i}\t{label}\t{f}\n" for i, (f, label) in enumerate(zip(files, labels))))
+        print(f"wrote {codes.shape[0]} codes files {codes_dir}/<i>.npy ({codes.shape[1]} x {codes.shape[2]} "
+              f"int64 each) and labels {labels_dir}/<i>.npy ({len(classes)} classes); file order in {listing}")
+        return 0
     tokens = []
     for i in range(0, len(files), args.batch_size):
         x = torch.stack([prepare_image(f, resolution) for f in files[i : i + args.batch_size]])

@@ -1,0 +1,67 @@
+"""Token codes of images for training a generator, and LlamaGen's on-disk layout.
+
+:func:`encode_images` runs the tokenizer's ``encode`` over image files (center crops at the
+tokenizer's resolution), optionally with the horizontally flipped copy as a second augmentation
+(LlamaGen's default extraction: original and flip). :func:`class_labels` follows the ImageFolder
+convention (the first folder under the root names the class; sorted class names are 0..C-1).
+
+:func:`write_llamagen` writes LlamaGen's layout (``autoregressive/train/extract_codes_c2i.py``):
+``<code_path>/<dataset><size>_codes/<i>.npy`` holding (1, num_aug, h * w) int64 codes and
+``<code_path>/<dataset><size>_labels/<i>.npy`` holding (1,) int64, so LlamaGen's own GPT can be
+trained on vaevq tokens and its samples decoded with ``VAEVQ.decode`` (ids reshaped to (h, w)).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaevq.data.transforms import prepare_image
+
+
+def class_labels(files: list[Path], root: str | Path) -> tuple[np.ndarray, list[str]]:
+    """(labels (N,) int64, class names): the first folder below ``root`` of each file; files
+    directly in ``root`` form one class named ''."""
+    root = Path(root)
+    names = []
+    for f in files:
+        rel = Path(f).resolve().relative_to(root.resolve())
+        names.append(rel.parts[0] if len(rel.parts) > 1 else "")
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[n] for n in names], dtype=np.int64), classes
+
+
+@torch.no_grad()
+def encode_images(model, files: list[Path], batch_size: int = 32, device: str | torch.device = "cpu",
+                  flip: bool = False) -> np.ndarray:
+    """(N, num_aug, h * w) int64 token ids, num_aug 2 with ``flip`` (original, flipped) else 1."""
+    resolution = model.config.data.resolution
+    out = []
+    for i in range(0, len(files), batch_size):
+        x = torch.stack([prepare_image(f, resolution) for f in files[i:i + batch_size]]).to(device)
+        views = [x, x.flip(-1)] if flip else [x]
+        ids = torch.stack([model.encode(v).flatten(1) for v in views], dim=1)  # (B, A, h*w)
+        out.append(ids.cpu())
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def llamagen_dirs(code_path: str | Path, dataset: str, image_size: int) -> tuple[Path, Path]:
+    code_path = Path(code_path)
+    return code_path / f"{dataset}{image_size}_codes", code_path / f"{dataset}{image_size}_labels"
+
+
+def write_llamagen(code_path: str | Path, dataset: str, image_size: int, codes: np.ndarray,
+                   labels: np.ndarray) -> tuple[Path, Path]:
+    """One (1, num_aug, L) codes file and one (1,) labels file per image, numbered from 0."""
+    if codes.ndim != 3 or labels.shape != (codes.shape[0],):
+        raise ValueError(f"codes must be (N, num_aug, L) and labels (N,); got {codes.shape} and {labels.shape}")
+    codes_dir, labels_dir = llamagen_dirs(code_path, dataset, image_size)
+    codes_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(codes.shape[0]):
+        np.save(codes_dir / f"{i}.npy", codes[i:i + 1].astype(np.int64))
+        np.save(labels_dir / f"{i}.npy", labels[i:i + 1].astype(np.int64))
+    return codes_dir, labels_dir
