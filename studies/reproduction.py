@@ -55,6 +55,21 @@ def plan(ks: list[int], steps: int | None) -> list[tuple[int, str, int]]:
     return items
 
 
+def same_settings(recorded: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether a recorded run has these settings: every key it recorded has the same value now
+    (sections and keys added to the config since then are not compared, so a later version of the
+    code still finds the runs recorded earlier)."""
+    for section, values in recorded.items():
+        if not isinstance(values, dict):
+            if settings.get(section) != values:
+                return False
+            continue
+        now = settings.get(section, {})
+        if any(now.get(key) != value for key, value in values.items()):
+            return False
+    return True
+
+
 def load_results() -> list[dict[str, Any]]:
     return json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() else []
 
@@ -187,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     for k, preset, seed in plan(args.ks, args.steps):
         config = study_config(k, preset, seed, args.steps)
         settings = config.to_dict()
-        if any(r["config"] == settings for r in runs):
+        if any(same_settings(r["config"], settings) for r in runs):
             continue
         label = f"{preset} seed {seed} at K {k}"
         print(f"[study] {label}", flush=True)
         atomic_write_text(DOC, report(args.ks, args.steps, command, runs, label))
         result = run_one(preset, config, Path(args.out) / f"k{k}" / preset / f"seed{seed}", args.device)
-        runs = [r for r in load_results() if r["config"] != settings]
+        runs = [r for r in load_results() if not same_settings(r["config"], settings)]
         runs.append({**result, "seed": seed, "k": k})
         save_results(runs)
         atomic_write_text(DOC, report(args.ks, args.steps, command, runs, None))
