@@ -157,3 +157,26 @@ def test_gpt_b_shape_has_about_111_million_parameters():
         gpt = GPT(config)
     n = sum(p.numel() for p in gpt.parameters())
     assert 105e6 < n < 115e6, n
+
+
+def test_save_and_load_round_trip(tmp_path):
+    gpt = small()
+    gpt.save_pretrained(tmp_path / "gpt")
+    loaded = GPT.from_pretrained(tmp_path / "gpt")
+    assert loaded.config == gpt.config
+    tokens = torch.randint(37, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(tokens, torch.tensor([0, 1])), gpt(tokens, torch.tensor([0, 1])),
+                                   rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="config.yaml is missing"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_unigram_baseline_follows_the_code_frequencies():
+    from vaevq.generation import unigram_samples
+
+    codes = np.array([[0, 0, 0, 1], [0, 2, 2, 0]])  # frequencies 5/8, 1/8, 2/8
+    draws = unigram_samples(codes, 5000, torch.Generator().manual_seed(0))
+    assert draws.shape == (5000, 4)
+    freq = torch.bincount(draws.flatten(), minlength=3).double() / draws.numel()
+    np.testing.assert_allclose(freq.numpy(), [5 / 8, 1 / 8, 2 / 8], atol=0.01)

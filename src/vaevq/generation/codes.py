@@ -65,3 +65,13 @@ def write_llamagen(code_path: str | Path, dataset: str, image_size: int, codes: 
         np.save(codes_dir / f"{i}.npy", codes[i:i + 1].astype(np.int64))
         np.save(labels_dir / f"{i}.npy", labels[i:i + 1].astype(np.int64))
     return codes_dir, labels_dir
+
+
+def unigram_samples(codes: np.ndarray, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A sanity baseline for generation metrics: ``num`` sequences of the codes' length whose
+    tokens are drawn independently from the codes' unigram frequencies (all positions pooled)."""
+    flat = torch.from_numpy(np.asarray(codes, dtype=np.int64)).flatten()
+    length = int(np.asarray(codes).shape[-1])
+    counts = torch.bincount(flat).double()
+    draws = torch.multinomial(counts / counts.sum(), num * length, replacement=True, generator=generator)
+    return draws.view(num, length)

@@ -22,11 +22,18 @@ it gets the identity rotation (cos 1, sin 0), so the class token is attended lik
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.rundir import CONFIG, WEIGHTS
 
 
 @dataclass
@@ -203,6 +210,34 @@ class GPT(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.register_buffer("rope", rope_2d(config.grid, config.head_dim, config.rope_base), persistent=False)
         self.apply(self._init)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.yaml (the GPTConfig) and model.safetensors, each written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS, lambda p: save_file(state, p))
+        settings = dataclasses.asdict(self.config)
+        settings["grid"] = list(settings["grid"])
+        atomic_write_text(directory / CONFIG, yaml.safe_dump({"gpt": settings}, sort_keys=False))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> GPT:
+        directory = Path(directory)
+        for name in (CONFIG, WEIGHTS):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing (written by GPT.save_pretrained)")
+        settings = (yaml.safe_load((directory / CONFIG).read_text()) or {}).get("gpt")
+        if not isinstance(settings, dict):
+            raise ValueError(f"{directory / CONFIG} has no gpt section")
+        known = {f.name for f in dataclasses.fields(GPTConfig)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"{directory / CONFIG}: unknown gpt key(s) {', '.join(unknown)}")
+        settings["grid"] = tuple(settings.get("grid", GPTConfig.grid))
+        model = cls(GPTConfig(**settings))
+        model.load_state_dict(load_file(str(directory / WEIGHTS), device=map_location))
+        return model
 
     @staticmethod
     def _init(module: nn.Module) -> None:
