@@ -180,3 +180,32 @@ def test_unigram_baseline_follows_the_code_frequencies():
     assert draws.shape == (5000, 4)
     freq = torch.bincount(draws.flatten(), minlength=3).double() / draws.numel()
     np.testing.assert_allclose(freq.numpy(), [5 / 8, 1 / 8, 2 / 8], atol=0.01)
+
+
+def test_codes_are_extracted_once_and_reused(tmp_path):
+    from vaevq.config import load_config
+    from vaevq.data import BuiltinPhotos
+    from vaevq.generation.codes import extract_codes
+    from vaevq.models import VAEVQ
+
+    torch.manual_seed(0)
+    model = VAEVQ(load_config("tiny", ["model.ch=16", "model.z_channels=16", "model.codebook_size=64",
+                                       "model.latent_dim=8"]))
+    dataset = BuiltinPhotos("eval", 32, stride=64)
+    codes, labels, folder = extract_codes(model, dataset, tmp_path, flip=True)
+    n = len(dataset)
+    assert codes.shape == (n, 2, 64) and codes.dtype == np.int64
+    x = torch.stack([dataset[i] for i in range(n)])
+    np.testing.assert_array_equal(codes[:, 0], model.encode(x).flatten(1).numpy())
+    np.testing.assert_array_equal(codes[:, 1], model.encode(x.flip(-1)).flatten(1).numpy())
+    # labels: the source photo of each tile (china, flower), sorted names
+    expected = [0 if name.startswith("china") else 1 for name in dataset.names]
+    assert labels.tolist() == expected and set(expected) == {0, 1}
+    stamp = (folder / "codes.npy").stat().st_mtime_ns
+    again, _, folder2 = extract_codes(model, dataset, tmp_path, flip=True)
+    assert folder2 == folder and (folder / "codes.npy").stat().st_mtime_ns == stamp  # reused, not recomputed
+    np.testing.assert_array_equal(again, codes)
+    with torch.no_grad():
+        model.codebook.embedding.add_(1.0)  # another tokenizer: another key, another folder
+    _, _, folder3 = extract_codes(model, dataset, tmp_path, flip=True)
+    assert folder3 != folder

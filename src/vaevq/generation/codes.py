@@ -13,12 +13,18 @@ trained on vaevq tokens and its samples decoded with ``VAEVQ.decode`` (ids resha
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from vaevq.data import BuiltinPhotos, ImageFolderDataset
 from vaevq.data.transforms import prepare_image
+from vaevq.fileio import atomic_write, atomic_write_text
 
 
 def class_labels(files: list[Path], root: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -65,6 +71,71 @@ def write_llamagen(code_path: str | Path, dataset: str, image_size: int, codes: 
         np.save(codes_dir / f"{i}.npy", codes[i:i + 1].astype(np.int64))
         np.save(labels_dir / f"{i}.npy", labels[i:i + 1].astype(np.int64))
     return codes_dir, labels_dir
+
+
+def dataset_labels(dataset) -> tuple[np.ndarray, list[str]]:
+    """(labels (N,) int64, class names) of a training dataset: the source photo of each built-in
+    tile, the class folder of each image of a folder (ImageFolder order), else one class."""
+    if isinstance(dataset, BuiltinPhotos):
+        names = [n.split("@")[0] for n in dataset.names]
+    elif isinstance(dataset, ImageFolderDataset) and dataset.files:
+        root = Path(os.path.commonpath([str(Path(f).parent) for f in dataset.files]))
+        return class_labels(dataset.files, root)
+    else:
+        names = [""] * len(dataset)
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[n] for n in names], dtype=np.int64), classes
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names, shapes, dtypes and bytes): which tokenizer made codes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def extract_codes(model, dataset, cache_dir: str | Path, flip: bool = False, batch_size: int = 64,
+                  device: str | torch.device = "cpu", extra_key: dict[str, Any] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(codes (N, num_aug, h * w) int64 memory-mapped, labels (N,), folder): ``model.encode``
+    over every item of ``dataset`` (and its horizontal flip with ``flip``), stored once under
+    ``cache_dir/<key>/`` and reused while the key (tokenizer weights, dataset size and names, flip,
+    ``extra_key``: e.g. the data settings) is the same. Files are written atomically, the key last."""
+    labels, classes = dataset_labels(dataset)
+    names = getattr(dataset, "names", None) or [str(i) for i in range(len(dataset))]
+    key = {"tokenizer": weights_digest(model), "items": len(dataset),
+           "names": hashlib.sha256("\n".join(names).encode()).hexdigest(), "flip": flip,
+           "classes": classes, **(extra_key or {})}
+    folder = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    key_file = folder / "key.json"
+    if key_file.is_file() and json.loads(key_file.read_text()) == key:
+        return np.load(folder / "codes.npy", mmap_mode="r"), np.load(folder / "labels.npy"), folder
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            x = torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+            views = [x, x.flip(-1)] if flip else [x]
+            chunks.append(torch.stack([model.encode(v).flatten(1) for v in views], dim=1).cpu())
+    finally:
+        model.train(was_training)
+    codes = torch.cat(chunks).numpy().astype(np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "codes.npy", lambda tmp: _save_npy(tmp, codes))
+    atomic_write(folder / "labels.npy", lambda tmp: _save_npy(tmp, labels))
+    atomic_write_text(key_file, json.dumps(key, indent=1, sort_keys=True) + "\n")
+    return np.load(folder / "codes.npy", mmap_mode="r"), labels, folder
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append .npy to a bare path
+        np.save(fh, array)
 
 
 def unigram_samples(codes: np.ndarray, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
