@@ -144,7 +144,10 @@ def report(ks: list[int], steps: int | None, command: str, runs: list[dict[str, 
              f"Written by `{command}` (the study resumes: finished runs are kept in "
              "`docs/reproduction/results.json`). Machine: "
              f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-             f"updated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             f"updated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. The runs of "
+             "2026-12-04 shared a 2-core machine with other jobs (1 or 2 threads; some were paused for a "
+             "while): their train-time column measures that, not the speed of the methods "
+             "(benchmarks/ has the speed comparisons).", "",
              "Every run: `tiny`'s setting (built-in photos, 32x32, f4 so 8x8 tokens, d 16, ch 32, batch 16, "
              "Adam 1e-3 cosine, 600 steps), no dead-code restart; only the quantizer and its loss terms differ. "
              "Image metrics on the built-in held-out photos (scikit-learn china.jpg and flower.jpg, 154 tiles at "
