@@ -40,6 +40,12 @@ def class_labels(files: list[Path], root: str | Path) -> tuple[np.ndarray, list[
     return np.array([index[n] for n in names], dtype=np.int64), classes
 
 
+def _encode_views(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """(B, num_aug, h * w) ids of a batch (and of its horizontal flip with ``flip``), on the CPU."""
+    views = [x, x.flip(-1)] if flip else [x]
+    return torch.stack([model.encode(v).flatten(1) for v in views], dim=1).cpu()
+
+
 @torch.no_grad()
 def encode_images(model, files: list[Path], batch_size: int = 32, device: str | torch.device = "cpu",
                   flip: bool = False) -> np.ndarray:
@@ -48,9 +54,7 @@ def encode_images(model, files: list[Path], batch_size: int = 32, device: str | 
     out = []
     for i in range(0, len(files), batch_size):
         x = torch.stack([prepare_image(f, resolution) for f in files[i:i + batch_size]]).to(device)
-        views = [x, x.flip(-1)] if flip else [x]
-        ids = torch.stack([model.encode(v).flatten(1) for v in views], dim=1)  # (B, A, h*w)
-        out.append(ids.cpu())
+        out.append(_encode_views(model, x, flip))
     return torch.cat(out).numpy().astype(np.int64)
 
 
@@ -121,8 +125,7 @@ def extract_codes(model, dataset, cache_dir: str | Path, flip: bool = False, bat
     try:
         for start in range(0, len(dataset), batch_size):
             x = torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
-            views = [x, x.flip(-1)] if flip else [x]
-            chunks.append(torch.stack([model.encode(v).flatten(1) for v in views], dim=1).cpu())
+            chunks.append(_encode_views(model, x, flip))
     finally:
         model.train(was_training)
     codes = torch.cat(chunks).numpy().astype(np.int64)

@@ -274,11 +274,7 @@ class GPT(nn.Module):
         if self.training and self.config.class_dropout > 0 and self.config.num_classes > 0:
             drop = torch.rand(b, device=tokens.device) < self.config.class_dropout
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        x = self._embed(tokens[:, :-1], labels)
-        rope = self.rope[:length]
-        for layer in self.layers:
-            x = layer(x, rope)
-        return self.output(self.norm(x)).float()
+        return self.output(self.norm(self._full(self._embed(tokens[:, :-1], labels)))).float()
 
     def _step(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
         rope = self.rope[start:start + x.shape[1]]
@@ -330,6 +326,7 @@ class GPT(nn.Module):
             self.train(was_training)
 
     def _full(self, x: torch.Tensor) -> torch.Tensor:
+        """Every block over a whole sequence from position 0 (causal attention, no cache)."""
         rope = self.rope[:x.shape[1]]
         for layer in self.layers:
             x = layer(x, rope)
