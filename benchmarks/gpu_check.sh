@@ -15,3 +15,8 @@ python benchmarks/bench_all.py --device cuda --threads 8 2>&1 | tee "$OUT/bench.
 python benchmarks/bench_vaevq_step.py --device cuda --preset small --steps 30 2>&1 | tee "$OUT/vaevq-step.txt"
 # issue 14 (part 1): sampling with and without the key/value cache, gpt-tiny and GPT-B shapes
 python benchmarks/bench_sampling.py --device cuda --threads 8 2>&1 | tee "$OUT/sampling.txt"
+# issue 14: a GPT-B training step (bf16) against the matmuls of its FLOPs, and gpt-tiny end to end
+python benchmarks/bench_gpt_train.py --device cuda --shape gpt-b --batch 32 --steps 10 2>&1 | tee "$OUT/gpt-train.txt"
+python -m vaevq train gpt-tiny generator.tokenizer="$OUT/tiny-bf16" generator.cache_dir="$OUT/codes" \
+    train.steps=200 train.precision=bf16 --device cuda --out "$OUT/gpt-tiny" 2>&1 | tail -2
+python -m vaevq eval --checkpoint "$OUT/gpt-tiny" --num 500 --device cuda 2>&1 | tail -12 | tee "$OUT/gpt-eval.txt"

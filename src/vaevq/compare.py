@@ -18,8 +18,10 @@ import torch
 from vaevq.config import Config, load_config
 from vaevq.data import build_eval_dataset
 from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.generation import make_trainer
+from vaevq.generation.evaluate import evaluate_generator
 from vaevq.rundir import RunDir
-from vaevq.training import Trainer, load_model
+from vaevq.training import load_model
 from vaevq.training.images import image_grid
 
 COLUMNS = [("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
@@ -47,25 +49,130 @@ def compare_config(preset: str, data: str | None, steps: int | None, seed: int, 
     return config
 
 
+def same_settings(recorded: dict[str, Any] | None, settings: dict[str, Any]) -> bool:
+    """Whether a run recorded with ``recorded`` settings is the run ``settings`` asks for: every
+    recorded key has the same value, and every key added to the config since then is at its
+    default (so runs recorded by an earlier version are found again, and nothing else is)."""
+    if not isinstance(recorded, dict):
+        return False
+    defaults = Config().to_dict()
+    for section, values in settings.items():
+        if not isinstance(values, dict):
+            if recorded.get(section, defaults.get(section)) != values:
+                return False
+            continue
+        old = recorded.get(section, {})
+        for key, value in values.items():
+            expected = old[key] if key in old else defaults.get(section, {}).get(key)
+            if expected != value:
+                return False
+    return True
+
+
 def run_one(name: str, config: Config, run_dir: Path, device: str | None) -> dict[str, Any]:
     marker = RunDir(run_dir).compare_marker
     settings = config.to_dict()
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done.get("config") == settings:
+        if same_settings(done.get("config"), settings):
             print(f"[compare] {name}: finished earlier, skipped ({marker})")
             return done
     start = time.perf_counter()
-    trainer = Trainer(config, run_dir, resume=True, device=device)
+    trainer = make_trainer(config, run_dir, resume=True, device=device)
     if trainer.resumed_from is not None:
         print(f"[compare] {name}: resuming at step {trainer.resumed_from}")
     metrics = trainer.train()
+    if config.is_generator:
+        return _finish_generator(name, config, run_dir, trainer, metrics, marker, settings, device, start)
     result = {"name": name, "quantizer": config.model.quantizer,
               "codebook_size": trainer.model.quantizer.codebook_size, "steps": trainer.step,
               "metrics": metrics, "train_s": trainer.elapsed,
               "wall_s": time.perf_counter() - start, "config": settings}
     atomic_write_text(marker, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _finish_generator(name, config, run_dir, trainer, metrics, marker, settings, device, start):
+    """A generator run of ``compare --generation``: its generation metrics, recorded in the marker."""
+    ev = evaluate_generator(run_dir, num=config.generator.eval_samples,
+                            device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    grid = torch.cat([row for row in ev.grids["samples"]])[:16]
+    result = {"name": name, "generator": config.name, "steps": trainer.step, "train_s": trainer.elapsed,
+              "val": metrics, "generation": ev.result, "wall_s": time.perf_counter() - start, "config": settings}
+    atomic_write_text(marker, json.dumps(result, indent=2) + "\n")
+    torch.save(grid, RunDir(run_dir).eval / "compare_grid.pt")
+    return result
+
+
+GENERATION_COLUMNS = [("fid_effnet", "fid-effnet", "{:.1f}"), ("is_effnet", "IS-effnet", "{:.2f}"),
+                      ("precision_effnet", "precision", "{:.3f}"), ("recall_effnet", "recall", "{:.3f}"),
+                      ("gfid", "gFID", "{:.2f}"), ("inception_score", "IS", "{:.2f}")]
+
+
+def default_generator(config: Config, kind: str) -> str:
+    """The generator preset trained on a tokenizer's codes in ``compare --generation``."""
+    if kind != "ar":
+        raise ValueError(f"--generation {kind}: only ar (the autoregressive GPT) exists so far")
+    if config.data.source == "builtin":
+        return "gpt-tiny"
+    if config.data.source == "brain":
+        return "gpt-brain-tiny"
+    return "llamagen-b-brats" if config.data.source == "brats" else "llamagen-b"
+
+
+def _stat(values: list[float | None]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def generation_table(rows: list[dict[str, Any]]) -> str:
+    """Table 2 in miniature: one row per tokenizer (mean ± std over seeds), with the baselines."""
+    head = ("| tokenizer | generator | seeds | samples | val. loss | "
+            + " | ".join(c[1] for c in GENERATION_COLUMNS) + " | unigram fid-effnet | reconstruction fid-effnet |")
+    rule = "|" + "---|" * (7 + len(GENERATION_COLUMNS))
+    lines = []
+    for r in rows:
+        runs = r["runs"]
+        gen = [x["generation"] for x in runs]
+        cells = [_cell(_stat([g.get(key) for g in gen]), fmt) for key, _, fmt in GENERATION_COLUMNS]
+        unigram = _stat([g["baselines"]["unigram"].get("fid_effnet") for g in gen])
+        floor = _stat([g["baselines"]["reconstruction"].get("fid_effnet") for g in gen])
+        lines.append(f"| {r['tokenizer']} | {runs[0]['generator']} | {len(runs)} | {gen[0]['samples']} | "
+                     + _cell(_stat([x["val"].get("val_loss") for x in runs]), "{:.3f}") + " | "
+                     + " | ".join(cells) + f" | {_cell(unigram, '{:.1f}')} | {_cell(floor, '{:.1f}')} |")
+    first = rows[0]["runs"][0]["generation"]
+    s = first["sampling"]
+    notes = [f"Generator trained on each tokenizer's codes of the training split (with flips), same steps and "
+             f"seed; {first['samples']} samples at {first['resolution']}x{first['resolution']} per run "
+             f"(classes in turn), cfg {s['cfg_scale']:g}, temperature {s['temperature']:g}, top-k {s['top_k']}, "
+             f"top-p {s['top_p']:g}; reference: {first['reference']}. val. loss: cross-entropy (nats/token) of "
+             "the "
+             "held-out codes (not comparable across tokenizers: different codes). fid-effnet, IS-effnet, "
+             "precision and recall (k = 3) on EfficientNet-Lite0 features: not comparable with published "
+             "numbers; gFID and IS need the FID InceptionV3 weights (n/a when absent). Baselines scored the same "
+             "way: tokens drawn from the codes' unigram frequencies, and the tokenizer's reconstructions of real "
+             "training images (the floor)."]
+    return "\n".join([head, rule, *lines, "", *notes]) + "\n"
+
+
+def generation_sheet(names: list[str], run_dirs: list[Path], path: Path) -> None:
+    """One row of samples per tokenizer (from each generator's evaluation), names on the left."""
+    from PIL import Image, ImageDraw
+
+    rows = [torch.load(RunDir(d).eval / "compare_grid.pt", weights_only=True) for d in run_dirs]
+    width = min(r.shape[0] for r in rows)
+    grid = image_grid([r[:width] for r in rows], max(1, 64 // rows[0].shape[-1]))
+    label_w = 90
+    sheet = Image.new("RGB", (grid.width + label_w, grid.height), "white")
+    sheet.paste(grid.convert("RGB"), (label_w, 0))
+    draw = ImageDraw.Draw(sheet)
+    row_h = (grid.height - 2) / len(rows)
+    for i, name in enumerate(names):
+        draw.text((4, 2 + i * row_h + row_h / 2 - 5), name, fill="black")
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def utilization_curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -216,10 +323,16 @@ def _data_name(config: Config) -> str:
 def compare(presets: list[str], out: str | Path, data: str | None = None, steps: int | None = None,
             seed: int = 0, overrides: list[str] | None = None, eval_points: int = 6,
             device: str | None = None, grid_images: int = 8, seeds: list[int] | None = None,
-            one_seed: list[str] | None = None) -> list[dict[str, Any]]:
+            one_seed: list[str] | None = None, generation: list[str] | None = None,
+            generator: str | None = None, generator_steps: int | None = None,
+            generation_samples: int | None = None) -> list[dict[str, Any]]:
     """Train every preset at the same budget; with several ``seeds`` each preset once per seed
     (``OUT/<preset>/seed<S>/``; presets in ``one_seed`` only with the first), reported as mean ±
-    standard deviation. Returns one aggregated row per preset (see :func:`aggregate`)."""
+    standard deviation. ``generation`` (e.g. ["ar"]): after each tokenizer run, a generator
+    (``generator`` preset, default per data: gpt-tiny on the built-in photos) trains on its codes
+    with the same steps (``generator_steps`` or the preset's) and seed in ``OUT/<preset>-ar[/seedS]``,
+    and results.md gains the generation table (Table 2 in miniature). Returns one aggregated row
+    per preset (see :func:`aggregate`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if len(set(presets)) != len(presets):
@@ -243,7 +356,33 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
             print(f"[compare] {name} (seed {s}): {config.model.quantizer}, {config.train.steps} steps")
             results.setdefault(name, []).append({**run_one(name, config, run_dir, device), "seed": s})
     rows = [aggregate(results[p]) for p in presets]
-
+    generation_md = ""
+    for kind in generation or []:
+        gen_rows, gen_dirs = [], []
+        for name, items in runs.items():
+            gen_runs = []
+            for s, run_dir, config in items:
+                gen_preset = generator or default_generator(config, kind)
+                extra = [f"generator.tokenizer={run_dir.resolve()}", f"train.seed={s}"]
+                if generator_steps:
+                    extra.append(f"train.steps={generator_steps}")
+                if generation_samples:
+                    extra.append(f"generator.eval_samples={generation_samples}")
+                if config.data.root:
+                    extra.append(f"data.root={config.data.root}")
+                gen_config = load_config(gen_preset, extra)
+                gen_config.train.image_every = 0
+                gen_dir = (out / f"{name}-{kind}") if len(seeds) == 1 else (out / f"{name}-{kind}" / f"seed{s}")
+                print(f"[compare] {gen_preset} on the codes of {name} (seed {s}): {gen_config.train.steps} steps")
+                gen_runs.append(run_one(f"{name}-{kind}", gen_config, gen_dir, device))
+                if len(gen_dirs) == len(gen_rows):
+                    gen_dirs.append(gen_dir)
+            gen_rows.append({"tokenizer": name, "runs": gen_runs})
+        generation_md += f"\n## Generation ({kind}) on each tokenizer's tokens\n\n{generation_table(gen_rows)}\n" \
+                         f"![samples per tokenizer](generation-{kind}.png)\n"
+        generation_sheet(presets, gen_dirs, out / f"generation-{kind}.png")
+        results[f"generation-{kind}"] = [{"tokenizer": r["tokenizer"], "runs": [
+            {k: v for k, v in x.items() if k != "config"} for x in r["runs"]]} for r in gen_rows]
 
     first = runs[presets[0]][0][2]
     eval_set = build_eval_dataset(first, None)
@@ -257,19 +396,23 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
         (f" --data {data}" if data else "") + (f" --steps {steps}" if steps else "") + \
         (f" --seeds {' '.join(map(str, seeds))}" if len(seeds) > 1 else f" --seed {seeds[0]}") + \
         (f" --one-seed {' '.join(one_seed)}" if one_seed and len(seeds) > 1 else "") + \
-        f" --eval-points {eval_points}"
+        f" --eval-points {eval_points}" + (f" --generation {','.join(generation)}" if generation else "") + \
+        (f" --generator {generator}" if generator else "") + \
+        (f" --generator-steps {generator_steps}" if generator_steps else "") + \
+        (f" --generation-samples {generation_samples}" if generation_samples else "")
     atomic_write_text(out / "results.md", f"# Comparison\n\n`{command}`\n\n{table}\n"
                       "![utilization and PSNR](bars.png)\n\n![utilization over training](utilization.png)\n\n"
-                      "![reconstructions](reconstructions.png)\n")
+                      "![reconstructions](reconstructions.png)\n" + generation_md)
     atomic_write_text(out / "results.json", json.dumps(
         {"command": command, "data": _data_name(first), "resolution": first.data.resolution,
          "results": rows,
-         "runs": [{k: v for k, v in r.items() if k != "config"} for p in presets for r in results[p]]},
+         "runs": [{k: v for k, v in r.items() if k != "config"} for p in presets for r in results[p]],
+         **{k: v for k, v in results.items() if k.startswith("generation-")}},
         indent=2) + "\n")
     curves = {p: [utilization_curve(run_dir) for _, run_dir, _ in runs[p]] for p in presets}
     charts(rows, curves, out)
     reconstruction_sheet(presets, [runs[p][0][1] for p in presets], images, out / "reconstructions.png")
-    print(table)
+    print(table + generation_md)
     print(f"[compare] wrote {out / 'results.md'}, results.json, bars.png, utilization.png, reconstructions.png")
     return rows
 

@@ -186,6 +186,40 @@ class EvalConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    """A generator trained on a tokenizer's codes (issue 14: ``kind: ar``). ``kind: none`` is a
+    tokenizer run. In a generator run ``model`` and ``data`` describe the tokenizer and the images
+    whose codes are learnt: ``model`` is replaced by the tokenizer run's own at training time."""
+
+    kind: str = "none"  # none (a tokenizer run) | ar (LlamaGen-style GPT over the token grid)
+    tokenizer: str | None = None  # the tokenizer: a run folder, its model/ folder or a checkpoint .pt
+    tokenizer_which: str = "last"  # last | best checkpoint of a tokenizer run folder without model/
+    # the GPT (vaevq.generation.GPTConfig; vocabulary and grid come from the tokenizer)
+    dim: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    multiple_of: int = 256
+    norm_eps: float = 1.0e-5
+    rope_base: float = 10000.0
+    num_classes: int = 0  # classes of the labels (the data's: photo, class folder, contrast); 0: unconditional
+    class_dropout: float = 0.1  # labels dropped to the null class (classifier-free guidance)
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    # codes: the training split encoded once (and its horizontal flip with flip) and cached
+    flip: bool = True
+    cache_dir: str | None = None  # None: $VAEVQ_CACHE_DIR or ~/.cache/vaevq, /codes
+    # sampling (grids during training, vaevq sample and vaevq eval defaults)
+    cfg_scale: float = 2.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sample_batch: int = 64
+    eval_samples: int = 1000  # vaevq eval --num default (50000 for the paper's protocol)
+    grid_per_class: int = 8  # samples per class in the picture grids (at most 8 classes shown)
+
+
+@dataclass
 class Config:
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,6 +228,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    @property
+    def is_generator(self) -> bool:
+        return self.generator.kind != "none"
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -428,6 +467,8 @@ def finalize(config: Config) -> Config:
         "gan.gen_loss": (config.gan.gen_loss, ("hinge", "non-saturating")),
         "gan.norm": (config.gan.norm, ("batch", "group")),
         "eval.lpips_net": (config.eval.lpips_net, ("vgg-shift-tolerant", "vgg", None)),
+        "generator.kind": (config.generator.kind, ("none", "ar")),
+        "generator.tokenizer_which": (config.generator.tokenizer_which, ("last", "best")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -444,6 +485,7 @@ def finalize(config: Config) -> Config:
         if value <= 0:
             raise ConfigError(f"{key} must be positive; got {value}")
     _finalize_data(config)
+    _finalize_generator(config)
     if config.model.dead_code_interval < 0:
         raise ConfigError(f"model.dead_code_interval must be >= 0; got {config.model.dead_code_interval}")
     for check in _CHECKS:
@@ -457,6 +499,26 @@ def finalize(config: Config) -> Config:
             f"factor {factor} of model.ch_mult {list(config.model.ch_mult)}"
         )
     return config
+
+
+def _finalize_generator(config: Config) -> None:
+    g = config.generator
+    if g.kind == "none":
+        return
+    for key in ("dim", "n_layer", "n_head", "multiple_of", "sample_batch", "eval_samples", "grid_per_class"):
+        if getattr(g, key) <= 0:
+            raise ConfigError(f"generator.{key} must be positive; got {getattr(g, key)}")
+    if g.dim % g.n_head or (g.dim // g.n_head) % 4:
+        raise ConfigError(f"generator.dim {g.dim} must be a multiple of generator.n_head {g.n_head} with a head "
+                          "width divisible by 4 (2D rotary embedding: half the channels per axis, in pairs)")
+    if g.num_classes < 0:
+        raise ConfigError(f"generator.num_classes must be >= 0 (0: unconditional); got {g.num_classes}")
+    for key in ("class_dropout", "token_dropout", "resid_dropout", "attn_dropout"):
+        if not 0.0 <= getattr(g, key) < 1.0:
+            raise ConfigError(f"generator.{key} must be in [0, 1); got {getattr(g, key)}")
+    if g.temperature <= 0 or not 0.0 < g.top_p <= 1.0 or g.top_k < 0:
+        raise ConfigError(f"generator sampling: temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
+                          f"{g.temperature}, {g.top_p}, {g.top_k}")
 
 
 def _finalize_data(config: Config) -> None:

@@ -17,6 +17,9 @@ EPILOG = """examples:
   vaevq reconstruct --checkpoint runs/tiny --out recon/ photo.jpg more_photos/
   vaevq encode --checkpoint runs/tiny --out tokens.npy my_images/
   vaevq train brain-tiny --out runs/brain
+  vaevq train gpt-tiny generator.tokenizer=runs/tiny --out runs/gpt-tiny
+  vaevq sample --checkpoint runs/gpt-tiny --num 64 --out samples/ --cfg 2.0 --classes 0,3
+  vaevq eval --checkpoint runs/gpt-tiny --num 1000
   vaevq data check brats-f16 data.root=/data/BraTS2024 data.contrasts=[t1n,t2f]
 """
 
@@ -27,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a tokenizer from a preset or a YAML file")
+    p = sub.add_parser("train", help="train a tokenizer or a generator (generator.kind: ar) from a preset or YAML")
     p.add_argument("config", metavar="PRESET_OR_YAML",
                    help="a preset name (see `vaevq presets`) or a YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -37,9 +40,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue from RUN_DIR/checkpoints/last.pt (starts fresh if none)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
 
-    p = sub.add_parser("eval", help="PSNR, SSIM, codebook utilization and perplexity")
+    p = sub.add_parser("eval", help="a tokenizer: PSNR, SSIM, LPIPS, rFID, utilization; a generator: gFID, IS, "
+                                    "precision/recall with unigram and reconstruction baselines")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
                    help="a run folder, a checkpoint .pt file or a save_pretrained folder")
+    p.add_argument("--num", type=int, default=None, metavar="N",
+                   help="generator runs: samples to score (default generator.eval_samples; 50000 for the "
+                        "paper's protocol)")
+    p.add_argument("--ref", metavar="DIR|STATS.npz", default=None,
+                   help="generator runs: reference images (a folder) or an ADM-style .npz (mu/sigma of pool3, "
+                        "arr_0 images); default: the training split's real images")
+    p.add_argument("--cfg", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="generator runs: sampling seed")
     p.add_argument("--data", metavar="PATH",
                    help="a folder of images or 'built-in'; for brain MRI runs a BraTS root or one "
                         "NIfTI volume (default: the run's held-out split)")
@@ -50,6 +62,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", metavar="FILE",
                    help="pt_inception-2015-12-05-6726825d.pth for rFID (else $VAEVQ_INCEPTION_WEIGHTS, "
                         "the hub cache, or a download)")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+    p = sub.add_parser("sample", help="draw images from a generator run (PNG files, a grid, ids)")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a generator run folder or checkpoint")
+    p.add_argument("--num", type=int, default=64, metavar="N")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the run's "
+                                                           "generator.cfg_scale; 1 disables)")
+    p.add_argument("--classes", default=None, metavar="C[,C...]",
+                   help="class indices used in turn (default: every class in turn)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="0: no top-k filtering")
+    p.add_argument("--top-p", type=float, default=None, help="1.0: no nucleus filtering")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--npz", action="store_true",
+                   help="also write samples.npz with arr_0 (N, H, W, 3) uint8, the ADM evaluator's input layout")
+    p.add_argument("--which", choices=["last", "best"], default="last")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
     p = sub.add_parser("reconstruct", help="write original | reconstruction PNGs")
@@ -87,6 +117,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--one-seed", nargs="+", default=[], metavar="PRESET",
                    help="with --seeds: these presets run with the first seed only")
     p.add_argument("--eval-points", type=int, default=6, help="evaluations during training (utilization plot)")
+    p.add_argument("--generation", default=None, metavar="ar",
+                   help="after each tokenizer, train a generator on its codes and add the generation table "
+                        "(Table 2 in miniature): ar = the autoregressive GPT")
+    p.add_argument("--generator", default=None, metavar="PRESET",
+                   help="with --generation: the generator preset (default gpt-tiny on the built-in photos, "
+                        "gpt-brain-tiny on the built-in brain, llamagen-b / llamagen-b-brats otherwise)")
+    p.add_argument("--generator-steps", type=int, default=None, help="with --generation: steps of every generator")
+    p.add_argument("--generation-samples", type=int, default=None, metavar="N",
+                   help="with --generation: samples scored per generator (default: the preset's eval_samples)")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
     p = sub.add_parser("sweep-codebook", help="train one preset at several codebook sizes; plot metrics vs K")
@@ -138,8 +177,8 @@ def _device(args) -> str:
 
 def cmd_train(args) -> int:
     from vaevq.config import load_config
+    from vaevq.generation import make_trainer
     from vaevq.rundir import RunDir
-    from vaevq.training import Trainer
 
     run = RunDir(args.out)
     run_dir = run.root
@@ -153,12 +192,126 @@ def cmd_train(args) -> int:
     config = load_config(source, args.overrides)
     if args.resume and not has_checkpoint:
         print(f"[vaevq] no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
-    Trainer(config, run_dir, resume=args.resume, device=args.device).train()
+    make_trainer(config, run_dir, resume=args.resume, device=args.device).train()
+    return 0
+
+
+def _generator_run(path: str) -> bool:
+    """Whether a --checkpoint names a generator run (its config.yaml, or a checkpoint's config)."""
+    from vaevq.config import load_config
+    from vaevq.rundir import RunDir
+    from vaevq.training.checkpoint import load_checkpoint
+
+    p = Path(path)
+    if p.is_dir() and RunDir(p).config.is_file():
+        return load_config(RunDir(p).config).is_generator
+    if p.is_file() and p.suffix == ".pt":
+        return (load_checkpoint(p).get("config", {}).get("generator", {}) or {}).get("kind", "none") != "none"
+    return False
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from vaevq.fileio import atomic_write, atomic_write_text
+    from vaevq.generation.sample import class_plan, load_generator, sample_images
+    from vaevq.metrics import to_uint8
+    from vaevq.training.images import image_grid
+
+    device = _device(args)
+    run = load_generator(args.checkpoint, args.which)
+    g = run.config.generator
+    gpt, tokenizer = run.gpt.to(device), run.tokenizer.to(device)
+    try:
+        classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    except ValueError as err:
+        raise ValueError(f"--classes must be comma-separated class indices; got {args.classes!r}") from err
+    labels = class_plan(args.num, g.num_classes, classes)
+    settings = {"cfg_scale": g.cfg_scale if args.cfg is None else args.cfg,
+                "temperature": g.temperature if args.temperature is None else args.temperature,
+                "top_k": g.top_k if args.top_k is None else args.top_k,
+                "top_p": g.top_p if args.top_p is None else args.top_p, "seed": args.seed}
+    if settings["temperature"] <= 0 or not 0 < settings["top_p"] <= 1 or settings["top_k"] < 0:
+        raise ValueError("--temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, ids, labs = [], [], []
+    batch = args.batch_size or g.sample_batch
+    for x, tok, lab in sample_images(gpt, tokenizer, args.num, labels, batch_size=batch, progress=True,
+                                     **settings):
+        images.append(x.cpu())
+        ids.append(tok.cpu())
+        labs.append(lab.cpu() if lab is not None else torch.full((x.shape[0],), -1))
+    images, ids, labs = torch.cat(images), torch.cat(ids), torch.cat(labs)
+    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()  # (N, H, W, C) uint8
+    from PIL import Image
+
+    for i, (array, label) in enumerate(zip(pixels, labs.tolist())):
+        name = f"{i:06d}" + (f"_class{label}" if label >= 0 else "") + ".png"
+        picture = Image.fromarray(array if array.shape[-1] == 3 else array[..., 0])
+        atomic_write(out / name, lambda tmp, p=picture: p.save(tmp, format="PNG"))
+    per = 8
+    rows = [images[i:i + per] for i in range(0, (images.shape[0] // per) * per, per)][:16] or [images]
+    grid = image_grid(rows, scale=max(1, 64 // images.shape[-1]))
+    atomic_write(out / "grid.png", lambda tmp: grid.save(tmp, format="PNG"))
+    def write_npy(tmp, **arrays):
+        with open(tmp, "wb") as fh:  # a file object: numpy would append a suffix to a bare path
+            (np.save(fh, arrays["a"]) if "a" in arrays else np.savez(fh, **arrays))
+
+    atomic_write(out / "ids.npy", lambda tmp: write_npy(tmp, a=ids.view(-1, *gpt.config.grid).numpy()))
+    if args.npz:
+        atomic_write(out / "samples.npz", lambda tmp: write_npy(tmp, arr_0=pixels))
+    atomic_write_text(out / "samples.json", json.dumps(
+        {"checkpoint": str(args.checkpoint), "step": run.step, "tokenizer": g.tokenizer, "num": args.num,
+         "classes": sorted(set(labs.tolist())) if g.num_classes else None, **settings}, indent=1) + "\n")
+    print(f"wrote {args.num} samples to {out}/ (PNG files, grid.png, ids.npy"
+          + (", samples.npz" if args.npz else "") + ", samples.json); "
+          + ", ".join(f"{k} {v}" for k, v in settings.items()))
+    return 0
+
+
+def cmd_eval_generator(args) -> int:
+    import io
+
+    from vaevq.fileio import atomic_write_text
+    from vaevq.generation.evaluate import evaluate_generator, generation_rows
+    from vaevq.rundir import RunDir
+    from vaevq.training.images import image_grid
+    from vaevq.training.report import curves_png, write_report
+
+    device = _device(args)
+    ev = evaluate_generator(args.checkpoint, num=args.num, ref=args.ref, which=args.which, cfg_scale=args.cfg,
+                            seed=args.seed, batch_size=args.batch_size, inception_weights=args.inception_weights,
+                            device=device, progress=True)
+    rows = generation_rows(ev.result)
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    run = RunDir.of(args.checkpoint)
+    out = run.eval
+    atomic_write_text(out / "metrics.json", json.dumps(ev.result, indent=2) + "\n")
+
+    def png(rows_):
+        buf = io.BytesIO()
+        image_grid(rows_, scale=max(1, 64 // rows_[0].shape[-1])).save(buf, format="PNG")
+        return buf.getvalue()
+
+    md, page = write_report(
+        out, f"vaevq generation evaluation: {run.name}", rows,
+        {"samples": png(ev.grids["samples"]), "unigram": png(ev.grids["unigram"]),
+         "training_curves": curves_png(run.log)},
+        {"samples": "samples of the generator (a row per class)",
+         "unigram": "baseline: tokens drawn independently from the unigram frequencies of the training codes",
+         "training_curves": "training loss from log.jsonl"})
+    print(f"wrote {out / 'metrics.json'}, {md}, {page}")
     return 0
 
 
 def cmd_eval(args) -> int:
     import torch
+
+    if _generator_run(args.checkpoint):
+        return cmd_eval_generator(args)
 
     from vaevq.data import build_eval_dataset, build_token_dataset
     from vaevq.fileio import atomic_write_text
@@ -237,7 +390,9 @@ def cmd_compare(args) -> int:
     if args.one_seed and not args.seeds:
         raise ValueError("--one-seed needs --seeds")
     compare(presets, args.out, data=args.data, steps=args.steps, seed=args.seed, overrides=overrides,
-            eval_points=args.eval_points, device=args.device, seeds=args.seeds, one_seed=args.one_seed)
+            eval_points=args.eval_points, device=args.device, seeds=args.seeds, one_seed=args.one_seed,
+            generation=args.generation.split(",") if args.generation else None, generator=args.generator,
+            generator_steps=args.generator_steps, generation_samples=args.generation_samples)
     return 0
 
 
@@ -360,6 +515,7 @@ def cmd_presets(args) -> int:
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
+    "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
     "encode": cmd_encode,
     "compare": cmd_compare,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vaevq.data import BuiltinPhotos, ImageFolderDataset
+from vaevq.data.brats import SliceDataset
 from vaevq.data.transforms import prepare_image
 from vaevq.fileio import atomic_write, atomic_write_text
 
@@ -79,7 +80,11 @@ def write_llamagen(code_path: str | Path, dataset: str, image_size: int, codes: 
 
 def dataset_labels(dataset) -> tuple[np.ndarray, list[str]]:
     """(labels (N,) int64, class names) of a training dataset: the source photo of each built-in
-    tile, the class folder of each image of a folder (ImageFolder order), else one class."""
+    tile, the class folder of each image of a folder (ImageFolder order), the contrast of each
+    brain slice in ``contrast_mode=separate`` with several contrasts, else one class."""
+    if isinstance(dataset, SliceDataset) and dataset.contrast_mode == "separate" and dataset.n_contrasts > 1:
+        contrasts = list(dataset.subjects[0].contrasts)
+        return np.array([c for _, _, c in dataset.index], dtype=np.int64), contrasts
     if isinstance(dataset, BuiltinPhotos):
         names = [n.split("@")[0] for n in dataset.names]
     elif isinstance(dataset, ImageFolderDataset) and dataset.files:

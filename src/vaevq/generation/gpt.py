@@ -32,6 +32,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vaevq.config import Config, GeneratorConfig, load_config
 from vaevq.fileio import atomic_write, atomic_write_text
 from vaevq.rundir import CONFIG, WEIGHTS
 
@@ -67,6 +68,21 @@ class GPTConfig:
             raise ValueError(f"2D rotary embedding needs a head width divisible by 4; got {self.head_dim}")
         if self.vocab_size < 2 or min(self.grid) < 1:
             raise ValueError(f"vocab_size {self.vocab_size} and grid {self.grid} must be positive")
+
+
+def latent_grid(config: Config) -> tuple[int, int]:
+    """(h, w) of the token grid of a tokenizer config."""
+    factor = 2 ** (len(config.model.ch_mult) - 1)
+    side = config.data.resolution // factor
+    return side, side
+
+
+def gpt_config(g: GeneratorConfig, vocab_size: int, grid: tuple[int, int]) -> GPTConfig:
+    """The GPT of a config's generator section for a tokenizer's vocabulary and grid."""
+    return GPTConfig(vocab_size=vocab_size, grid=tuple(grid), dim=g.dim, n_layer=g.n_layer, n_head=g.n_head,
+                     multiple_of=g.multiple_of, norm_eps=g.norm_eps, rope_base=g.rope_base,
+                     num_classes=g.num_classes, class_dropout=g.class_dropout, token_dropout=g.token_dropout,
+                     resid_dropout=g.resid_dropout, attn_dropout=g.attn_dropout)
 
 
 def ffn_width(dim: int, multiple_of: int) -> int:
@@ -210,6 +226,17 @@ class GPT(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.register_buffer("rope", rope_2d(config.grid, config.head_dim, config.rope_base), persistent=False)
         self.apply(self._init)
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: list[str] | None = None) -> GPT:
+        """A fresh GPT of a generator preset (``gpt-tiny``, ``llamagen-b``, ...): its generator
+        section, with the vocabulary (``model.codebook_size``) and token grid of the preset's
+        tokenizer settings."""
+        config = load_config(name, overrides)
+        if not config.is_generator:
+            raise ValueError(f"{name} is a tokenizer preset (generator.kind none); generator presets: gpt-tiny, "
+                             "gpt-brain-tiny, llamagen-b, llamagen-b-brats")
+        return cls(gpt_config(config.generator, config.model.codebook_size, latent_grid(config)))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """config.yaml (the GPTConfig) and model.safetensors, each written atomically."""

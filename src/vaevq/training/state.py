@@ -133,7 +133,7 @@ def restore_state(path: str | Path, state: TrainingState, config: Config,
 
 
 def setting_differences(saved: dict[str, Any] | None, config: Config) -> list[str]:
-    """The model, loss and gan keys whose values differ between a checkpoint's config and ``config``."""
+    """The model, loss, gan and generator keys whose values differ between a checkpoint's config and ``config``."""
     if not saved:
         return []
     try:
@@ -141,6 +141,12 @@ def setting_differences(saved: dict[str, Any] | None, config: Config) -> list[st
     except Exception:  # noqa: BLE001 - an unreadable old config is not a reason to refuse
         return []
     new = config.to_dict()
-    return [f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
-            for section in ("model", "loss", "gan") for key in new[section]
-            if old[section].get(key) != new[section][key]]
+    return [f"{section}.{key}: {old[section].get(key)!r} -> {new[section][key]!r}"
+            for section in ("model", "loss", "gan", "generator") for key in new[section]
+            if old.get(section, {}).get(key, new[section][key]) != new[section][key]
+            and f"{section}.{key}" not in FREE_ON_RESUME]
+
+
+# generator settings that only steer sampling, evaluation or where codes are cached
+FREE_ON_RESUME = {f"generator.{k}" for k in ("cfg_scale", "temperature", "top_k", "top_p", "sample_batch",
+                                              "eval_samples", "grid_per_class", "cache_dir")}

@@ -11,21 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from vaevq.config import Config
 from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset
 from vaevq.data.brats import warm_brain_cache
-from vaevq.distributed import DistInfo, all_reduce_mean_, all_reduce_sum, barrier, broadcast, init_distributed
+from vaevq.distributed import DistInfo, all_reduce_mean_, barrier, broadcast, init_distributed
 from vaevq.fileio import atomic_write_text
 from vaevq.losses import Objective, gaussian_moments, latent_rows
 from vaevq.models import VAEVQ
@@ -34,8 +31,9 @@ from vaevq.rundir import RunDir
 from vaevq.training.dead_codes import DeadCodeRestarter
 from vaevq.training.evaluate import evaluate, frechet_metrics
 from vaevq.training.images import reconstruction_grid
+from vaevq.training.loop import LoopTrainer
 from vaevq.training.noise import sample_noise
-from vaevq.training.state import Progress, TrainingState, WeightEMA, restore_state, save_state
+from vaevq.training.state import Progress, TrainingState, WeightEMA, restore_state
 
 
 def lr_lambda(config: Config, total_steps: int):
@@ -120,31 +118,6 @@ class _Keyed(torch.utils.data.Dataset):
         return self.dataset[item], item[1]
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (a second Ctrl-C aborts)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class _DeadCodeState:
     """The restarter's counts as a state component (rank 0 resumes with the sums)."""
 
@@ -158,8 +131,11 @@ class _DeadCodeState:
         self.restarter.load_state_dict(state, main=self.main)
 
 
-class Trainer:
-    """Train ``config`` into ``run_dir``. ``resume=True`` continues from checkpoints/last.pt."""
+class Trainer(LoopTrainer):
+    """Train a tokenizer ``config`` into ``run_dir``. ``resume=True`` continues from
+    checkpoints/last.pt. The loop is :class:`~vaevq.training.loop.LoopTrainer`'s."""
+
+    short_keys = ("psnr", "ssim", "utilization", "utilization_sampled", "perplexity")
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False,
                  device: str | None = None):
@@ -240,31 +216,6 @@ class Trainer:
             state.add("dead_codes", _DeadCodeState(self.dead_codes, self.dist.is_main), None)
         return state
 
-    # progress, under the names the loop and its callers use
-    @property
-    def step(self) -> int:
-        return self.progress.step
-
-    @step.setter
-    def step(self, value: int) -> None:
-        self.progress.step = value
-
-    @property
-    def elapsed(self) -> float:
-        return self.progress.elapsed
-
-    @elapsed.setter
-    def elapsed(self, value: float) -> None:
-        self.progress.elapsed = value
-
-    @property
-    def best(self) -> dict[str, Any]:
-        return self.progress.best
-
-    @best.setter
-    def best(self, value: dict[str, Any]) -> None:
-        self.progress.best = value
-
     def _initialize_codebook(self) -> None:
         """Codebooks that come from data (``model.codebook_init=latent``; a quantizer that
         ``needs_initialization``, e.g. VQGAN-LC's k-means): computed on rank 0, broadcast."""
@@ -308,38 +259,6 @@ class Trainer:
         self.print(f"[vaevq] codebook: {q.codebook.size} codes drawn from the Gaussian of the initial latents of "
                    f"{n} training images (per-channel std {float(cov.diagonal().sqrt().mean()):.3g})")
 
-    # ------------------------------------------------------------------ state
-
-    def save(self, name: str = "last") -> None:
-        # every rank gathers the state (collective parts), then rank 0 writes
-        state = self.state.state_dict()
-        if self.dist.is_main:
-            save_state(self.run.checkpoint(name), self.config, state)
-        barrier()
-
-    # ------------------------------------------------------------------ logging
-
-    @property
-    def log_path(self) -> Path:
-        return self.run.log
-
-    def log(self, record: dict[str, Any]) -> None:
-        if self.dist.is_main:
-            with open(self.log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def _trim_log(self) -> None:
-        """On resume, drop log lines written after the checkpoint (they will be redone)."""
-        if not (self.dist.is_main and self.log_path.is_file()):
-            return
-        kept = [line for line in self.log_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
-
-    def print(self, *args) -> None:
-        if self.dist.is_main:
-            tqdm.write(" ".join(str(a) for a in args))
-
     # ------------------------------------------------------------------ evaluation
 
     def eval_model(self) -> VAEVQ:
@@ -353,10 +272,7 @@ class Trainer:
                            frechet=self.frechet)
         self.log({"step": self.step, "train_s": round(self.elapsed, 3),
                   **{f"eval/{k}": v for k, v in metrics.items()}})
-        value = metrics.get(self.best["metric"])
-        if value is not None and (self.best["value"] is None or value > self.best["value"]):
-            self.best = {"metric": self.best["metric"], "value": value, "step": self.step}
-            self.save("best")
+        self._update_best(metrics)
         return metrics
 
     def save_images(self) -> None:
@@ -411,58 +327,15 @@ class Trainer:
         if t.precision == "bf16" and not self.autocast:
             self.print("[vaevq] train.precision=bf16 applies on CUDA only; training in float32")
 
-    def train(self) -> dict[str, float]:
-        """Run to train.steps (or epochs); returns the final evaluation metrics."""
-        t = self.config.train
-        if self.dist.is_main:
-            self.run.mkdir()
-            atomic_write_text(self.run.config, self.config.to_yaml())
-            self._trim_log()
-            self._record_data()
-        self._announce()
+    def _to_device(self, batch) -> tuple:
+        x, seeds = batch
+        return x.to(self.dist.device, non_blocking=True), seeds
+
+    def _train_mode(self) -> None:
         self.ddp.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (t.progress and self.dist.is_main), mininterval=1.0)
-        timer, seen = time.perf_counter(), 0
-        with _StopFlag() as stop:
-            for batch, seeds in self._loader():
-                # other randomness of a step (dropout) is a function of (seed, step, rank)
-                torch.manual_seed((t.seed * 1_000_003 + self.step) * 131 + self.dist.rank)
-                step_start = time.perf_counter()
-                losses = self._train_step(batch.to(self.dist.device, non_blocking=True), seeds)
-                self.elapsed += time.perf_counter() - step_start
-                self.step += 1
-                seen += batch.shape[0] * self.dist.world_size
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - timer
-                    record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                              **{f"loss/{k}": v for k, v in losses.items()},
-                              "img_per_s": seen / max(elapsed, 1e-9)}
-                    self.log(record)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
-                    timer, seen = time.perf_counter(), 0
-                if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
-                    m = self.run_eval()
-                    self.print(f"step {self.step}: " + _short(m))
-                if t.image_every and self.step % t.image_every == 0:
-                    self.save_images()
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save()
-                if self._stop_everywhere(stop.requested):
-                    self.save()
-                    bar.close()
-                    self.print(f"[vaevq] stopped at step {self.step}; checkpoint saved; "
-                               f"continue with --resume")
-                    raise KeyboardInterrupt
-        bar.close()
-        metrics = self.run_eval()
-        self.save_images()
-        self.save()
-        if self.dist.is_main:
-            self.eval_model().save_pretrained(self.run.model)
-        self.print(f"[vaevq] done at step {self.step}: " + _short(metrics))
-        return metrics
+
+    def _save_pretrained(self) -> None:
+        self.eval_model().save_pretrained(self.run.model)
 
     def _train_step(self, x: torch.Tensor, seeds: torch.Tensor | None = None) -> dict[str, float]:
         return self.train_step(x, seeds)
@@ -534,23 +407,8 @@ class Trainer:
             self.ema.update(self.model)
         return totals
 
-    def _stop_everywhere(self, requested: bool) -> bool:
-        """A stop asked on any rank stops every rank at the same step (saving is collective)."""
-        if not self.dist.enabled:
-            return requested
-        flag = torch.tensor([1.0 if requested else 0.0], device=self.dist.device)
-        return bool(all_reduce_sum(flag).item() > 0)
-
     def _count_codes(self, out) -> None:
         # tokens come from mu: a code is alive when it is some mu's nearest code (the training
         # indices of the noisy samples z_c reach far more codes than mu does)
         self.dead_codes.update(self.model.quantizer.token_indices(out.indices, out.mu))
 
-    def _check_finite(self, losses: dict[str, float]) -> None:
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
-                                     "checkpoint is untouched")
-
-def _short(metrics: dict[str, float]) -> str:
-    keys = ("psnr", "ssim", "utilization", "utilization_sampled", "perplexity")
-    return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)

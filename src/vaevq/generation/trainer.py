@@ -1,0 +1,283 @@
+"""Training a generator on a frozen tokenizer's codes, through the shared loop.
+
+:class:`GPTTrainer` is a :class:`~vaevq.training.loop.LoopTrainer` (the tokenizer's
+:class:`~vaevq.training.Trainer` is the other): the same run directory, ``log.jsonl``, atomic
+checkpoints and exact ``--resume``, torchrun, bf16 autocast on CUDA, weight EMA, warm-up +
+cosine or constant schedule, gradient clipping, periodic sample grids. What it adds:
+
+1. the tokenizer of ``generator.tokenizer`` is loaded and frozen; the run's ``model`` section
+   becomes the tokenizer's own (so ``config.yaml`` says which tokenizer made the codes);
+2. the training split (and its horizontal flips with ``generator.flip``) is encoded once and
+   cached (:func:`~vaevq.generation.codes.extract_codes`; rank 0 writes, the others read);
+   each step draws one of an image's augmentations by its seed;
+3. the loss is the next-token cross-entropy; AdamW with weight decay on the matrices only
+   (LlamaGen: every parameter with 2 or more dimensions; norms unregularized), betas and
+   decay from ``train.betas`` / ``train.weight_decay`` (the presets: LlamaGen's 0.9, 0.95, 0.05);
+4. evaluation during training is the cross-entropy on the held-out split's codes (``val_loss``,
+   lower is better: the best checkpoint), with their labels when the held-out classes are training
+   classes, else with the null label (the built-in held-out photos are other photos);
+   ``vaevq eval`` computes the generation metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from vaevq.config import Config, ConfigError
+from vaevq.data import StepBatchSampler, build_datasets
+from vaevq.data.brats import default_cache_dir
+from vaevq.distributed import all_reduce_sum, barrier, init_distributed
+from vaevq.generation.codes import dataset_labels, extract_codes
+from vaevq.generation.gpt import GPT
+from vaevq.generation.sample import gpt_config, latent_grid, load_tokenizer, sample_grid, tokenizer_split_dir
+from vaevq.rundir import RunDir
+from vaevq.training.images import save_grid
+from vaevq.training.loop import LoopTrainer
+from vaevq.training.state import Progress, TrainingState, WeightEMA, restore_state
+from vaevq.training.trainer import effective_lr, lr_lambda, total_steps
+
+
+class CodeDataset(Dataset):
+    """Items ``(index, seed)`` -> (codes (L,) int64, label): one augmentation of the image drawn
+    by the seed (the original or its flip when codes hold both)."""
+
+    def __init__(self, codes: np.ndarray, labels: np.ndarray):
+        self.codes, self.labels = codes, labels
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (int(item), None)
+        aug = 0
+        if seed is not None and self.codes.shape[1] > 1:
+            aug = int(torch.randint(self.codes.shape[1], (1,), generator=torch.Generator().manual_seed(seed)))
+        return torch.from_numpy(np.array(self.codes[index, aug], dtype=np.int64)), int(self.labels[index])
+
+
+def build_gpt_optimizer(model: torch.nn.Module, config: Config, lr: float) -> torch.optim.AdamW:
+    """AdamW; weight decay on parameters with 2 or more dimensions (LlamaGen's grouping)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.train.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=config.train.betas)
+
+
+def codes_key(config: Config, split: str) -> dict:
+    """What besides the tokenizer and the images identifies a run's cached codes."""
+    return {"data": config.to_dict()["data"], "split": split}
+
+
+def codes_cache_dir(config: Config) -> Path:
+    g = config.generator
+    return Path(g.cache_dir).expanduser() if g.cache_dir else default_cache_dir() / "codes"
+
+
+class GPTTrainer(LoopTrainer):
+    """Train the autoregressive generator of ``config`` (``generator.kind: ar``) into ``run_dir``."""
+
+    rate_name = "seq_per_s"
+    best_mode = "min"
+    short_keys = ("val_loss", "val_ppl")
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, device: str | None = None):
+        if config.generator.kind != "ar":
+            raise ConfigError(f"{config.name}: generator.kind is {config.generator.kind!r}; "
+                              "GPTTrainer trains 'ar'")
+        self.config = config
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.root
+        self.dist = init_distributed(device)
+        g, t = config.generator, config.train
+        resuming = resume and self.run.has_checkpoint()
+        device = self.dist.device
+
+        # 1. the frozen tokenizer; the run records its model settings
+        self.tokenizer = load_tokenizer(config, "cpu").to(device)
+        tok_config = self.tokenizer.config
+        if tok_config.data.resolution != config.data.resolution:
+            raise ConfigError(f"data.resolution {config.data.resolution} differs from the tokenizer's "
+                              f"{tok_config.data.resolution} ({g.tokenizer}); set data.resolution="
+                              f"{tok_config.data.resolution}")
+        config.generator.tokenizer = str(Path(g.tokenizer).resolve())
+        config.model = tok_config.model
+        self.grid = latent_grid(config)
+
+        # 2. codes of the training split (cached) and of the held-out split
+        split_from = tokenizer_split_dir(config) or self.run_dir
+        self.train_images, self.eval_images = build_datasets(config, split_from,
+                                                             progress=self.dist.is_main and t.progress)
+        cache = codes_cache_dir(config)
+        self.train_codes = self.eval_codes = None
+        for rank_turn in (True, False):  # rank 0 encodes and writes first; the others read the cache
+            if self.dist.is_main == rank_turn:
+                self.train_codes, self.train_labels, self.codes_dir = extract_codes(
+                    self.tokenizer, self.train_images, cache, flip=g.flip, batch_size=config.eval.batch_size,
+                    device=device, extra_key=codes_key(config, "train"))
+                self.eval_codes, self.eval_labels, _ = extract_codes(
+                    self.tokenizer, self.eval_images, cache, flip=False, batch_size=config.eval.batch_size,
+                    device=device, extra_key=codes_key(config, "eval"))
+            barrier()
+        train_classes = dataset_labels(self.train_images)[1]
+        eval_classes = dataset_labels(self.eval_images)[1]
+        # held-out images of the training classes are scored with their labels; held-out images of
+        # other classes (the built-in photos: other photos) with the null label (unconditional)
+        self.eval_conditional = set(eval_classes) <= set(train_classes)
+        if self.eval_conditional:
+            remap = np.array([train_classes.index(c) for c in eval_classes], dtype=np.int64)
+            self.eval_labels = remap[np.asarray(self.eval_labels)] if len(self.eval_labels) else self.eval_labels
+        classes = int(self.train_labels.max()) + 1 if len(self.train_labels) else 1
+        if g.num_classes and classes > g.num_classes:
+            raise ConfigError(f"the training data has {classes} classes but generator.num_classes is "
+                              f"{g.num_classes}; set generator.num_classes={classes} (or 0: unconditional)")
+        self.data_classes = classes
+        self.train_set = CodeDataset(self.train_codes, self.train_labels)
+        self.total_steps = total_steps(config, len(self.train_set), self.dist.world_size)
+
+        # 3. the model, optimizer, schedule, EMA
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.gpt_config = gpt_config(g, self.tokenizer.quantizer.codebook_size, self.grid)
+        self.model = GPT(self.gpt_config).to(device)
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.lr, self.lr_rule = effective_lr(config, self.dist.world_size)
+        self.autocast = t.precision == "bf16" and device.type == "cuda"
+        self.optimizer = build_gpt_optimizer(self.model, config, self.lr)
+        self.lr_factor = lr_lambda(config, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.progress = Progress(best={"metric": "val_loss", "value": None, "step": None})
+        self.state = TrainingState()
+        self.state.add("progress", self.progress)
+        self.state.add("model", self.model)
+        self.state.add("optimizer", self.optimizer)
+        self.state.add("scheduler", self.scheduler)
+        if self.ema is not None:
+            self.state.add("ema", self.ema, "train.ema_decay is set; start a new run directory")
+        self.resumed_from: int | None = None
+        if resuming:
+            restore_state(self.run.last, self.state, config, device)
+            self.resumed_from = self.step
+        if t.compile:
+            self.model.compile()
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if device.type == "cuda"
+                                            else None) if self.dist.enabled else self.model)
+
+    # ------------------------------------------------------------------ hooks of the loop
+
+    def eval_model(self) -> GPT:
+        return self.ema.model if self.ema else self.model
+
+    def _loader(self) -> DataLoader:
+        t = self.config.train
+        sampler = StepBatchSampler(len(self.train_set), t.batch_size * t.grad_accum, seed=t.seed,
+                                   start_step=self.step, total_steps=self.total_steps,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.config.data.num_workers,
+                          pin_memory=self.dist.device.type == "cuda")
+
+    def _to_device(self, batch) -> tuple:
+        tokens, labels = batch
+        return tokens.to(self.dist.device, non_blocking=True), labels.to(self.dist.device, non_blocking=True)
+
+    def _train_mode(self) -> None:
+        self.ddp.train()
+
+    def _record_data(self) -> None:
+        for note in getattr(self.train_images, "notes", []):
+            self.print(f"[vaevq] {note}")
+
+    def _announce(self) -> None:
+        t, g = self.config.train, self.config.generator
+        n_params = sum(p.numel() for p in self.model.parameters())
+        start = f"resuming at step {self.step}" if self.resumed_from is not None else "starting"
+        self.print(
+            f"[vaevq] {self.config.name}: {start}; {self.total_steps} steps; GPT {g.n_layer} layers x {g.dim} "
+            f"({n_params / 1e6:.2f} M parameters) on {self.grid[0]}x{self.grid[1]} tokens of K "
+            f"{self.gpt_config.vocab_size} from {g.tokenizer}; {len(self.train_set)} train images x "
+            f"{self.train_codes.shape[1]} views, {len(self.eval_codes)} held out; "
+            f"{g.num_classes or 'no'} classes; codes cached in {self.codes_dir}; global batch "
+            f"{t.batch_size * self.dist.world_size * t.grad_accum}; {self.lr_rule}, {t.schedule} schedule; "
+            f"AdamW betas {tuple(t.betas)} weight decay {t.weight_decay}; device {self.dist.device}"
+            + ("; bf16 autocast" if self.autocast else ""))
+
+    def _save_pretrained(self) -> None:
+        self.eval_model().save_pretrained(self.run.model)
+
+    def _train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return self.train_step(tokens, labels)
+
+    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One optimizer step over ``train.grad_accum`` micro-batches: next-token cross-entropy."""
+        accum = self.config.train.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        labels = labels if self.gpt_config.num_classes else None
+        chunks = list(zip(tokens.chunk(accum), labels.chunk(accum) if labels is not None else [None] * accum))
+        total = 0.0
+        for i, (x, y) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            sync = self.ddp.no_sync() if (self.dist.enabled and not last) else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16,
+                                    enabled=self.autocast):
+                    logits = self.ddp(x, y)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), x.flatten())
+                value = float(loss.detach())
+                self._check_finite({"ce": value})
+                (loss / len(chunks)).backward()
+            total += value / len(chunks)
+        grad_norm = None
+        if self.config.train.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        out = {"ce": total}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    @torch.no_grad()
+    def validation_loss(self, model: GPT | None = None) -> dict[str, float]:
+        """Cross-entropy (nats per token) and perplexity on the held-out split's codes (every rank a share)."""
+        model = model or self.eval_model()
+        was_training = model.training
+        model.eval()
+        n, bs = len(self.eval_codes), self.config.eval.batch_size
+        sums = torch.zeros(2, dtype=torch.float64)
+        mine = list(range(self.dist.rank, n, self.dist.world_size))
+        for start in range(0, len(mine), bs):
+            idx = mine[start:start + bs]
+            x = torch.from_numpy(np.asarray(self.eval_codes[idx, 0], dtype=np.int64)).to(self.dist.device)
+            y = (torch.from_numpy(np.asarray(self.eval_labels[idx], dtype=np.int64)).to(self.dist.device)
+                 if self.gpt_config.num_classes and self.eval_conditional else None)
+            logits = model(x, y)
+            sums[0] += float(F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum"))
+            sums[1] += x.numel()
+        model.train(was_training)
+        sums = all_reduce_sum(sums)
+        loss = float(sums[0] / max(float(sums[1]), 1.0))
+        return {"val_loss": loss, "val_ppl": float(np.exp(loss)), "val_tokens": int(sums[1])}
+
+    def run_eval(self) -> dict[str, Any]:
+        metrics = self.validation_loss()
+        self.log({"step": self.step, "train_s": round(self.elapsed, 3),
+                  **{f"eval/{k}": v for k, v in metrics.items()}})
+        self._update_best(metrics)
+        return metrics
+
+    def save_images(self) -> None:
+        """A grid of samples (a row per class) with the run's sampling settings, seeded."""
+        if not self.dist.is_main:
+            return
+        rows = sample_grid(self.eval_model(), self.tokenizer, self.config.generator, seed=self.config.train.seed)
+        save_grid(rows, self.run.image(self.step), scale=max(1, 128 // rows[0].shape[-1]))
