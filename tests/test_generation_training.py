@@ -277,3 +277,4 @@ def test_compare_with_generation_writes_table_2(tmp_path, monkeypatch):
     assert marker["config"]["generator"]["tokenizer"] == str((out / "vaevq").resolve())
     results = json.loads((out / "results.json").read_text())
     assert [r["tokenizer"] for r in results["generation-ar"]] == ["m0", "vaevq"]
+

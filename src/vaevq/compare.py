@@ -100,7 +100,8 @@ def _finish_generator(name, config, run_dir, trainer, metrics, marker, settings,
     result = {"name": name, "generator": config.name, "steps": trainer.step, "train_s": trainer.elapsed,
               "val": metrics, "generation": ev.result, "wall_s": time.perf_counter() - start, "config": settings}
     atomic_write_text(marker, json.dumps(result, indent=2) + "\n")
-    torch.save(grid, RunDir(run_dir).eval / "compare_grid.pt")
+    RunDir(run_dir).eval.mkdir(parents=True, exist_ok=True)
+    atomic_write(RunDir(run_dir).eval / "compare_grid.pt", lambda tmp: torch.save(grid, tmp))
     return result
 
 

@@ -149,8 +149,13 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 def unigram_samples(codes: np.ndarray, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A sanity baseline for generation metrics: ``num`` sequences of the codes' length whose
     tokens are drawn independently from the codes' unigram frequencies (all positions pooled)."""
-    flat = torch.from_numpy(np.asarray(codes, dtype=np.int64)).flatten()
-    length = int(np.asarray(codes).shape[-1])
-    counts = torch.bincount(flat).double()
+    length = int(codes.shape[-1])
+    top = 0
+    for start in range(0, codes.shape[0], 65536):  # chunks: a memory-mapped ImageNet is gigabytes
+        top = max(top, int(np.asarray(codes[start:start + 65536]).max()) + 1)
+    counts = np.zeros(top, dtype=np.int64)
+    for start in range(0, codes.shape[0], 65536):
+        counts += np.bincount(np.asarray(codes[start:start + 65536], dtype=np.int64).ravel(), minlength=top)
+    counts = torch.from_numpy(counts).double()
     draws = torch.multinomial(counts / counts.sum(), num * length, replacement=True, generator=generator)
     return draws.view(num, length)

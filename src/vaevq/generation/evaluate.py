@@ -22,6 +22,8 @@ floor any generator on these tokens can reach).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,8 @@ from vaevq.data import build_datasets
 from vaevq.data.transforms import list_images, prepare_image
 from vaevq.features.effnet import EfficientNetLite0
 from vaevq.features.inception import FIDInceptionV3
-from vaevq.generation.codes import extract_codes, unigram_samples
+from vaevq.fileio import atomic_write
+from vaevq.generation.codes import extract_codes, unigram_samples, weights_digest
 from vaevq.generation.sample import class_plan, decode_ids, load_generator, sample_images, tokenizer_split_dir
 from vaevq.generation.trainer import codes_cache_dir, codes_key
 from vaevq.metrics import frechet_distance, inception_score, precision_recall
@@ -116,6 +119,33 @@ def collect(nets: list[FeatureNet], batches: Iterable[torch.Tensor], total: int 
     bank = FeatureBank()
     for images in tqdm(batches, desc=desc, total=total, disable=not progress, leave=False):
         bank.update(nets, images)
+    return bank
+
+
+def cached_collect(cache_dir: Path | None, key: dict[str, Any], nets: list[FeatureNet], make_batches,
+                   total: int | None = None, desc: str = "features", progress: bool = False) -> FeatureBank:
+    """:func:`collect`, stored under ``cache_dir/features/<hash of key and networks>.pt`` (float32)
+    and reused: the reference, the reconstructions and the unigram baseline of a tokenizer are the
+    same for every generator trained on its codes (EfficientNet at 224 px dominates on a CPU)."""
+    if cache_dir is None:
+        return collect(nets, make_batches(), total, desc, progress)
+    full = {**key, "nets": [n.name for n in nets]}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / "features" / f"{digest}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == json.dumps(full, sort_keys=True, default=str):
+            bank = FeatureBank(count=int(saved["count"]))
+            for name in full["nets"]:
+                bank.features[name] = [saved["features"][name].double()]
+                bank.logits[name] = [saved["logits"][name].double()]
+            return bank
+    bank = collect(nets, make_batches(), total, desc, progress)
+    payload = {"key": json.dumps(full, sort_keys=True, default=str), "count": bank.count,
+               "features": {n: bank.get(n)[0].float() for n in full["nets"]},
+               "logits": {n: bank.get(n)[1].float() for n in full["nets"]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return bank
 
 
@@ -236,9 +266,10 @@ def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None
                        cfg_scale: float | None = None, temperature: float | None = None, top_k: int | None = None,
                        top_p: float | None = None, seed: int = 0, batch_size: int | None = None,
                        inception_weights: str | None = None, device: str = "cpu",
-                       progress: bool = False) -> GenerationEval:
+                       progress: bool = False, use_cache: bool = True) -> GenerationEval:
     """Sample ``num`` images (default ``generator.eval_samples``; classes in turn) and score them and
-    the two baselines against the reference (see the module docstring)."""
+    the two baselines against the reference (see the module docstring). The features of the
+    default reference and of both baselines are cached beside the codes (``use_cache``)."""
     run = load_generator(path, which)
     config, g = run.config, run.config.generator
     gpt, tokenizer = run.gpt.to(device), run.tokenizer.to(device)
@@ -252,9 +283,12 @@ def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None
 
     train_images, _ = build_datasets(config, tokenizer_split_dir(config))
     ref_indices = spread(len(train_images), MAX_REFERENCE)
+    cache = codes_cache_dir(config) if use_cache else None
+    data_key = codes_key(config, "train")
     if ref is None:
-        bank = collect(nets, dataset_batches(train_images, ref_indices, batch), -(-len(ref_indices) // batch),
-                       "reference", progress)
+        bank = cached_collect(cache, {"what": "reference", **data_key, "n": len(ref_indices)}, nets,
+                              lambda: dataset_batches(train_images, ref_indices, batch),
+                              -(-len(ref_indices) // batch), "reference", progress)
         reference = Reference(f"training split ({len(ref_indices)} real images at {config.data.resolution}x"
                               f"{config.data.resolution})", bank)
     elif str(ref).endswith(".npz"):
@@ -283,17 +317,17 @@ def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None
     codes = training_codes(config, tokenizer, train_images, device)
     gen = torch.Generator().manual_seed(seed)
     uni = unigram_samples(codes, num, gen)
-    uni_bank, uni_kept = FeatureBank(), []
-    for start in range(0, num, batch):
-        images = decode_ids(tokenizer, uni[start:start + batch].to(device), gpt.config.grid)
-        uni_bank.update(nets, images)
-        if start == 0:
-            uni_kept.append(images.cpu())
+    uni_kept = [decode_ids(tokenizer, uni[:batch].to(device), gpt.config.grid).cpu()]
+    tok_key = {**data_key, "tokenizer": weights_digest(tokenizer), "n": num}
+    uni_bank = cached_collect(cache, {"what": "unigram", "seed": seed, **tok_key}, nets,
+                              lambda: (decode_ids(tokenizer, uni[s:s + batch].to(device), gpt.config.grid)
+                                       for s in range(0, num, batch)), -(-num // batch), "unigram", progress)
     # baseline 2: the tokenizer's reconstructions of real training images (the floor)
     rec_indices = spread(len(train_images), num)
-    rec_bank = collect(nets, (tokenizer.reconstruct(x.to(device)) for x in
-                              dataset_batches(train_images, rec_indices, batch)),
-                       None, "reconstructions", progress)
+    rec_bank = cached_collect(cache, {"what": "reconstruction", **tok_key}, nets,
+                              lambda: (tokenizer.reconstruct(x.to(device)) for x in
+                                       dataset_batches(train_images, rec_indices, batch)),
+                              -(-len(rec_indices) // batch), "reconstructions", progress)
     result: dict[str, Any] = {
         "checkpoint": str(path), "kind": g.kind, "step": run.step, "tokenizer": g.tokenizer,
         "samples": num, "sampling": settings, "classes": g.num_classes,
