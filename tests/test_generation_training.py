@@ -38,9 +38,16 @@ def tokenizer_dir(tmp_path_factory):
     return out
 
 
+CODES = {}  # one codes cache for the module: the tokenizer's codes are extracted once
+
+
+def codes_dir(tmp_path) -> str:
+    return CODES.setdefault("dir", str(tmp_path.parent / "codes-shared"))
+
+
 def gpt_config(tokenizer_dir, tmp_path, steps, extra=()):
     return load_config("gpt-tiny", [f"generator.tokenizer={tokenizer_dir}", f"train.steps={steps}",
-                                    f"generator.cache_dir={tmp_path / 'codes'}", *GPT_FAST, *extra])
+                                    f"generator.cache_dir={codes_dir(tmp_path)}", *GPT_FAST, *extra])
 
 
 def test_make_trainer_picks_the_run_kind(tokenizer_dir, tmp_path):
@@ -127,7 +134,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_samples_decode(tokenizer_d
 def test_cli_sample_and_eval(tokenizer_dir, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "gpt-tiny", f"generator.tokenizer={tokenizer_dir}", "train.steps=4",
-                 f"generator.cache_dir={tmp_path / 'codes'}", *GPT_FAST, "--out", str(run)]) == 0
+                 f"generator.cache_dir={codes_dir(tmp_path)}", *GPT_FAST, "--out", str(run)]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["generator"]["kind"] == "ar"
     out = tmp_path / "samples"
     assert main(["sample", "--checkpoint", str(run), "--num", "5", "--out", str(out), "--classes", "1,2",
@@ -228,7 +235,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tokenizer_dir, tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # no dropout: its masks are drawn per rank, so only then is the step a function of the global batch
-    common = [f"generator.tokenizer={tokenizer_dir}", f"generator.cache_dir={tmp_path / 'codes'}", *GPT_FAST,
+    common = [f"generator.tokenizer={tokenizer_dir}", f"generator.cache_dir={codes_dir(tmp_path)}", *GPT_FAST,
               "train.steps=2", "generator.token_dropout=0", "generator.resid_dropout=0",
               "generator.class_dropout=0"]
     single = GPTTrainer(load_config("gpt-tiny", common), tmp_path / "one")
@@ -266,7 +273,8 @@ def test_compare_with_generation_writes_table_2(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ev, "MAX_REFERENCE", 24)
     out = tmp_path / "table2"
-    args = ["compare", "m0", "vaevq", *TOKENIZER, "train.progress=false", "eval.max_images=16", "--steps", "2",
+    args = ["compare", "m0", "vaevq", *TOKENIZER, "train.progress=false", "eval.max_images=16",
+            "eval.fid_effnet=false", "eval.lpips_net=null", "data.usage_tokens=0", "--steps", "2",
             "--out", str(out), "--generation", "ar", "--generator-steps", "3", "--generation-samples", "12"]
     assert main(args) == 0
     text = (out / "results.md").read_text()
@@ -278,3 +286,15 @@ def test_compare_with_generation_writes_table_2(tmp_path, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert [r["tokenizer"] for r in results["generation-ar"]] == ["m0", "vaevq"]
 
+
+
+def test_brain_labels_are_the_contrast_in_separate_mode(tmp_path):
+    from vaevq.data.brats import PreparedSubject, SliceDataset
+    from vaevq.generation import dataset_labels
+
+    subjects = [PreparedSubject(f"S{i}", tmp_path / f"S{i}.npy", [10, 11, 12], ("t1n", "t2f")) for i in range(2)]
+    labels, classes = dataset_labels(SliceDataset(subjects, contrast_mode="separate"))
+    assert classes == ["t1n", "t2f"]
+    assert labels.tolist() == [0, 1] * 6  # each slice's contrasts in turn, subject by subject
+    labels, classes = dataset_labels(SliceDataset(subjects, contrast_mode="channels"))
+    assert classes == [""] and labels.tolist() == [0] * 6  # channels: one image per slice, no label
