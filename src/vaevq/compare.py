@@ -110,10 +110,11 @@ GENERATION_COLUMNS = [("fid_effnet", "fid-effnet", "{:.1f}"), ("is_effnet", "IS-
                       ("gfid", "gFID", "{:.2f}"), ("inception_score", "IS", "{:.2f}")]
 
 
+GENERATION_KINDS = ("ar",)
+
+
 def default_generator(config: Config, kind: str) -> str:
     """The generator preset trained on a tokenizer's codes in ``compare --generation``."""
-    if kind != "ar":
-        raise ValueError(f"--generation {kind}: only ar (the autoregressive GPT) exists so far")
     if config.data.source == "builtin":
         return "gpt-tiny"
     if config.data.source == "brain":
@@ -338,6 +339,10 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
     out.mkdir(parents=True, exist_ok=True)
     if len(set(presets)) != len(presets):
         raise ValueError(f"a preset is listed twice: {presets}")
+    unknown_kinds = [k for k in generation or [] if k not in GENERATION_KINDS]
+    if unknown_kinds:  # before any training
+        raise ValueError(f"--generation {unknown_kinds[0]}: one of {', '.join(GENERATION_KINDS)} "
+                         "(ar: the autoregressive GPT)")
     seeds = list(seeds) if seeds else [seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed is listed twice: {seeds}")

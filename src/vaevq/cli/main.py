@@ -272,6 +272,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval_generator(args) -> int:
+    if args.data or args.max_images:
+        raise ValueError("--data and --max-images apply to tokenizer runs; a generator run is scored with "
+                         "--num N samples against --ref DIR|STATS.npz")
     import io
 
     from vaevq.fileio import atomic_write_text

@@ -168,7 +168,6 @@ def folder_batches(folder: Path, resolution: int, batch_size: int, limit: int):
     files = [files[i] for i in spread(len(files), limit)]
     for start in range(0, len(files), batch_size):
         yield torch.stack([prepare_image(f, resolution) for f in files[start:start + batch_size]])
-    return len(files)
 
 
 def npz_reference(path: Path, nets: list[FeatureNet], batch_size: int, limit: int,

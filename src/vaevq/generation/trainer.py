@@ -22,6 +22,7 @@ cosine or constant schedule, gradient clipping, periodic sample grids. What it a
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from vaevq.config import Config, ConfigError
 from vaevq.data import StepBatchSampler, build_datasets
 from vaevq.data.brats import default_cache_dir
 from vaevq.distributed import all_reduce_sum, barrier, init_distributed
-from vaevq.generation.codes import dataset_labels, extract_codes
+from vaevq.generation.codes import extract_codes
 from vaevq.generation.gpt import GPT
 from vaevq.generation.sample import gpt_config, latent_grid, load_tokenizer, sample_grid, tokenizer_split_dir
 from vaevq.rundir import RunDir
@@ -124,12 +125,12 @@ class GPTTrainer(LoopTrainer):
                 self.train_codes, self.train_labels, self.codes_dir = extract_codes(
                     self.tokenizer, self.train_images, cache, flip=g.flip, batch_size=config.eval.batch_size,
                     device=device, extra_key=codes_key(config, "train"))
-                self.eval_codes, self.eval_labels, _ = extract_codes(
+                self.eval_codes, self.eval_labels, eval_dir = extract_codes(
                     self.tokenizer, self.eval_images, cache, flip=False, batch_size=config.eval.batch_size,
                     device=device, extra_key=codes_key(config, "eval"))
             barrier()
-        train_classes = dataset_labels(self.train_images)[1]
-        eval_classes = dataset_labels(self.eval_images)[1]
+        train_classes = self._classes(self.codes_dir)
+        eval_classes = self._classes(eval_dir)
         # held-out images of the training classes are scored with their labels; held-out images of
         # other classes (the built-in photos: other photos) with the null label (unconditional)
         self.eval_conditional = set(eval_classes) <= set(train_classes)
@@ -171,10 +172,12 @@ class GPTTrainer(LoopTrainer):
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if device.type == "cuda"
                                             else None) if self.dist.enabled else self.model)
 
-    # ------------------------------------------------------------------ hooks of the loop
+    @staticmethod
+    def _classes(codes_dir: Path) -> list[str]:
+        """The class names of cached codes (recorded in their key by extract_codes)."""
+        return json.loads((codes_dir / "key.json").read_text())["classes"]
 
-    def eval_model(self) -> GPT:
-        return self.ema.model if self.ema else self.model
+    # ------------------------------------------------------------------ hooks of the loop
 
     def _loader(self) -> DataLoader:
         t = self.config.train
@@ -187,9 +190,6 @@ class GPTTrainer(LoopTrainer):
     def _to_device(self, batch) -> tuple:
         tokens, labels = batch
         return tokens.to(self.dist.device, non_blocking=True), labels.to(self.dist.device, non_blocking=True)
-
-    def _train_mode(self) -> None:
-        self.ddp.train()
 
     def _record_data(self) -> None:
         for note in getattr(self.train_images, "notes", []):
@@ -208,9 +208,6 @@ class GPTTrainer(LoopTrainer):
             f"{t.batch_size * self.dist.world_size * t.grad_accum}; {self.lr_rule}, {t.schedule} schedule; "
             f"AdamW betas {tuple(t.betas)} weight decay {t.weight_decay}; device {self.dist.device}"
             + ("; bf16 autocast" if self.autocast else ""))
-
-    def _save_pretrained(self) -> None:
-        self.eval_model().save_pretrained(self.run.model)
 
     def _train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return self.train_step(tokens, labels)
@@ -270,10 +267,7 @@ class GPTTrainer(LoopTrainer):
 
     def run_eval(self) -> dict[str, Any]:
         metrics = self.validation_loss()
-        self.log({"step": self.step, "train_s": round(self.elapsed, 3),
-                  **{f"eval/{k}": v for k, v in metrics.items()}})
-        self._update_best(metrics)
-        return metrics
+        return self._record_eval(metrics)
 
     def save_images(self) -> None:
         """A grid of samples (a row per class) with the run's sampling settings, seeded."""

@@ -10,8 +10,9 @@ builds its model, optimizer and data in ``__init__`` and provides:
 - ``_loader()``: an iterable of batches (tuples of tensors) for the steps still to run;
 - ``_to_device(batch)`` -> the arguments of ``_train_step``;
 - ``_train_step(*args)`` -> {term: float}, one optimizer step;
-- ``run_eval()`` -> metrics (``_update_best`` keeps the best checkpoint), ``save_images()``;
-- ``_save_pretrained()``: the final model in ``RUN/model``; ``_announce()``, ``_record_data()``.
+- ``run_eval()`` -> metrics (``_record_eval`` logs them and keeps the best checkpoint),
+  ``save_images()``; ``_announce()``, ``_record_data()``. ``self.model``, ``self.ema`` and
+  ``self.ddp`` give the defaults of ``eval_model()``, ``_train_mode()`` and ``_save_pretrained()``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class LoopTrainer:
     dist: DistInfo
     progress: Progress
     state: TrainingState
+    model: torch.nn.Module  # what is trained (save_pretrained at the end)
+    ema: Any  # a WeightEMA of the model, or None
+    ddp: torch.nn.Module  # the model, wrapped for several processes
     scheduler: torch.optim.lr_scheduler.LRScheduler
     total_steps: int
     rate_name = "img_per_s"  # the throughput logged every log_every steps (items of a batch per second)
@@ -139,7 +143,18 @@ class LoopTrainer:
         if self.dist.is_main:
             tqdm.write(" ".join(str(a) for a in args))
 
+    def _record_eval(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Log an evaluation (``eval/`` keys, with the training seconds) and keep the best checkpoint."""
+        self.log({"step": self.step, "train_s": round(self.elapsed, 3),
+                  **{f"eval/{k}": v for k, v in metrics.items()}})
+        self._update_best(metrics)
+        return metrics
+
     # ------------------------------------------------------------------ hooks
+
+    def eval_model(self):
+        """The weights evaluation, pictures and the final model use: the EMA copy when kept."""
+        return self.ema.model if self.ema else self.model
 
     def _record_data(self) -> None:
         """Notes and problems of the data, printed and logged (rank 0, before the first step)."""
@@ -148,10 +163,11 @@ class LoopTrainer:
         """One line: what is trained, on what, how."""
 
     def _train_mode(self) -> None:
-        """Put the trained modules in training mode."""
+        self.ddp.train()
 
     def _save_pretrained(self) -> None:
         """The final (EMA) model in RUN/model."""
+        self.eval_model().save_pretrained(self.run.model)
 
     def _to_device(self, batch) -> tuple:
         raise NotImplementedError

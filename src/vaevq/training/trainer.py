@@ -261,19 +261,13 @@ class Trainer(LoopTrainer):
 
     # ------------------------------------------------------------------ evaluation
 
-    def eval_model(self) -> VAEVQ:
-        return self.ema.model if self.ema else self.model
-
     def run_eval(self) -> dict[str, float]:
         e = self.config.eval
         metrics = evaluate(self.eval_model(), self.eval_set, token_dataset=self.token_set,
                            batch_size=e.batch_size, max_images=e.max_images, device=self.dist.device,
                            rank=self.dist.rank, world_size=self.dist.world_size, lpips=self.lpips_metric,
                            frechet=self.frechet)
-        self.log({"step": self.step, "train_s": round(self.elapsed, 3),
-                  **{f"eval/{k}": v for k, v in metrics.items()}})
-        self._update_best(metrics)
-        return metrics
+        return self._record_eval(metrics)
 
     def save_images(self) -> None:
         if not self.dist.is_main:
@@ -330,12 +324,6 @@ class Trainer(LoopTrainer):
     def _to_device(self, batch) -> tuple:
         x, seeds = batch
         return x.to(self.dist.device, non_blocking=True), seeds
-
-    def _train_mode(self) -> None:
-        self.ddp.train()
-
-    def _save_pretrained(self) -> None:
-        self.eval_model().save_pretrained(self.run.model)
 
     def _train_step(self, x: torch.Tensor, seeds: torch.Tensor | None = None) -> dict[str, float]:
         return self.train_step(x, seeds)
