@@ -20,3 +20,9 @@ python benchmarks/bench_gpt_train.py --device cuda --shape gpt-b --batch 32 --st
 python -m vaevq train gpt-tiny generator.tokenizer="$OUT/tiny-bf16" generator.cache_dir="$OUT/codes" \
     train.steps=200 train.precision=bf16 --device cuda --out "$OUT/gpt-tiny" 2>&1 | tail -2
 python -m vaevq eval --checkpoint "$OUT/gpt-tiny" --num 500 --device cuda 2>&1 | tail -12 | tee "$OUT/gpt-eval.txt"
+# issue 15: latent diffusion: sampling (50 and 250 DDIM steps) and training steps for ldm-tiny and the
+# ldm-4 shape, then ldm-tiny trained, sampled and evaluated on CUDA on the bf16 tokenizer above
+python benchmarks/bench_ldm.py --device cuda --threads 8 --batch 32 --train-batch 32 2>&1 | tee "$OUT/ldm-bench.txt"
+python -m vaevq train ldm-tiny generator.tokenizer="$OUT/tiny-bf16" generator.cache_dir="$OUT/codes" \
+    train.steps=500 train.precision=bf16 --device cuda --out "$OUT/ldm-tiny" 2>&1 | tail -2
+python -m vaevq eval --checkpoint "$OUT/ldm-tiny" --num 500 --device cuda 2>&1 | tail -12 | tee "$OUT/ldm-eval.txt"

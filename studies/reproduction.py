@@ -144,7 +144,7 @@ def report(ks: list[int], steps: int | None, command: str, runs: list[dict[str, 
              f"Written by `{command}` (the study resumes: finished runs are kept in "
              "`docs/reproduction/results.json`). Machine: "
              f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-             f"updated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. The runs of "
+             f"updated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. The runs of "
              "2026-12-04 shared a 2-core machine with other jobs (1 or 2 threads; some were paused for a "
              "while): their train-time column measures that, not the speed of the methods "
              "(benchmarks/ has the speed comparisons).", "",

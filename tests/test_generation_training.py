@@ -121,12 +121,12 @@ def test_training_lowers_the_loss_resumes_exactly_and_samples_decode(tokenizer_d
     assert run.step == 30 and run.config.generator.num_classes == 8
     labels = class_plan(6, 8, [0, 3])
     assert labels.tolist() == [0, 3, 0, 3, 0, 3]
-    batches = list(sample_images(run.gpt, run.tokenizer, 6, labels, cfg_scale=2.0, seed=1, batch_size=4))
+    batches = list(sample_images(run.model, run.tokenizer, 6, labels, cfg_scale=2.0, seed=1, batch_size=4))
     images = torch.cat([x for x, _, _ in batches])
     ids = torch.cat([t for _, t, _ in batches])
     assert images.shape == (6, 3, 32, 32) and torch.isfinite(images).all()
     assert torch.equal(images, decode_ids(run.tokenizer, ids, (8, 8)))
-    again = torch.cat([t for _, t, _ in sample_images(run.gpt, run.tokenizer, 6, labels, cfg_scale=2.0, seed=1,
+    again = torch.cat([t for _, t, _ in sample_images(run.model, run.tokenizer, 6, labels, cfg_scale=2.0, seed=1,
                                                        batch_size=4)])
     assert torch.equal(ids, again)
 
@@ -275,16 +275,34 @@ def test_compare_with_generation_writes_table_2(tmp_path, monkeypatch):
     out = tmp_path / "table2"
     args = ["compare", "m0", "vaevq", *TOKENIZER, "train.progress=false", "eval.max_images=16",
             "eval.fid_effnet=false", "eval.lpips_net=null", "data.usage_tokens=0", "--steps", "2",
-            "--out", str(out), "--generation", "ar", "--generator-steps", "3", "--generation-samples", "12"]
+            "--out", str(out), "--generation", "ar,ldm", "--generator-steps", "3", "--generation-samples", "12"]
     assert main(args) == 0
     text = (out / "results.md").read_text()
     assert "## Generation (ar)" in text and "| m0 | gpt-tiny | 1 | 12 |" in text and "| vaevq | gpt-tiny |" in text
-    assert (out / "generation-ar.png").is_file()
+    assert "## Generation (ldm)" in text and "| m0 | ldm-tiny | 1 | 12 |" in text and "Gaussian-latent" in text
+    assert (out / "generation-ar.png").is_file() and (out / "generation-ldm.png").is_file()
+    ldm = json.loads((out / "vaevq-ldm" / "compare.json").read_text())
+    assert ldm["generation"]["kind"] == "ldm"
+    assert set(ldm["generation"]["baselines"]) == {"noise", "reconstruction"}
     marker = json.loads((out / "vaevq-ar" / "compare.json").read_text())
     assert marker["generation"]["samples"] == 12 and marker["steps"] == 3
     assert marker["config"]["generator"]["tokenizer"] == str((out / "vaevq").resolve())
     results = json.loads((out / "results.json").read_text())
     assert [r["tokenizer"] for r in results["generation-ar"]] == ["m0", "vaevq"]
+    assert [r["tokenizer"] for r in results["generation-ldm"]] == ["m0", "vaevq"]
+
+
+
+def test_compare_checks_generation_before_training(tmp_path):
+    from vaevq.compare import compare
+
+    with pytest.raises(ValueError, match="--generation xyz"):
+        compare(["m0"], tmp_path / "x", generation=["xyz"])
+    with pytest.raises(ValueError, match="gpt-tiny is a generator.kind ar preset"):
+        compare(["m0"], tmp_path / "x", generation=["ldm"], generator="gpt-tiny")
+    with pytest.raises(ValueError, match="single --generation"):
+        compare(["m0"], tmp_path / "x", generation=["ar", "ldm"], generator="gpt-tiny")
+    assert not (tmp_path / "x" / "m0").exists()
 
 
 

@@ -110,16 +110,50 @@ GENERATION_COLUMNS = [("fid_effnet", "fid-effnet", "{:.1f}"), ("is_effnet", "IS-
                       ("gfid", "gFID", "{:.2f}"), ("inception_score", "IS", "{:.2f}")]
 
 
-GENERATION_KINDS = ("ar",)
+GENERATION_KINDS = ("ar", "ldm")
+DEFAULT_GENERATORS = {  # data source -> (autoregressive, latent diffusion) preset
+    "builtin": ("gpt-tiny", "ldm-tiny"), "brain": ("gpt-brain-tiny", "ldm-brain-tiny"),
+    "brats": ("llamagen-b-brats", "ldm-4-brats"), "imagefolder": ("llamagen-b", "ldm-4")}
 
 
 def default_generator(config: Config, kind: str) -> str:
-    """The generator preset trained on a tokenizer's codes in ``compare --generation``."""
-    if config.data.source == "builtin":
-        return "gpt-tiny"
-    if config.data.source == "brain":
-        return "gpt-brain-tiny"
-    return "llamagen-b-brats" if config.data.source == "brats" else "llamagen-b"
+    """The generator preset of ``kind`` trained on a tokenizer's tokens in ``compare --generation``."""
+    ar, ldm = DEFAULT_GENERATORS.get(config.data.source, DEFAULT_GENERATORS["imagefolder"])
+    return ldm if kind == "ldm" else ar
+
+
+def check_generation(generation: list[str] | None, generator: str | None) -> None:
+    """``--generation`` kinds and ``--generator`` checked before any training."""
+    unknown = [k for k in generation or [] if k not in GENERATION_KINDS]
+    if unknown:
+        raise ValueError(f"--generation {unknown[0]}: one of {', '.join(GENERATION_KINDS)} "
+                         "(ar: the autoregressive GPT, ldm: latent diffusion)")
+    if generator and len(generation or []) != 1:
+        raise ValueError("--generator names one preset: give it with a single --generation kind")
+    if generator:
+        kind = load_config(generator).generator.kind
+        if kind != generation[0]:
+            raise ValueError(f"--generator {generator} is a generator.kind {kind} preset; --generation is "
+                             f"{generation[0]}")
+
+
+def train_generator(kind: str, name: str, seed: int, run_dir: Path, config: Config, gen_dir: Path,
+                    generator: str | None, generator_steps: int | None, generation_samples: int | None,
+                    device: str | None) -> dict[str, Any]:
+    """A generator of ``kind`` (``generator`` preset, else the default for the data) trained on the
+    tokenizer run ``run_dir`` with its seed, then evaluated (:func:`run_one`: skipped when done)."""
+    gen_preset = generator or default_generator(config, kind)
+    extra = [f"generator.tokenizer={run_dir.resolve()}", f"train.seed={seed}"]
+    if generator_steps:
+        extra.append(f"train.steps={generator_steps}")
+    if generation_samples:
+        extra.append(f"generator.eval_samples={generation_samples}")
+    if config.data.root:
+        extra.append(f"data.root={config.data.root}")
+    gen_config = load_config(gen_preset, extra)
+    gen_config.train.image_every = 0
+    print(f"[compare] {gen_preset} on the tokens of {name} (seed {seed}): {gen_config.train.steps} steps")
+    return run_one(f"{name}-{kind}", gen_config, gen_dir, device)
 
 
 def _stat(values: list[float | None]) -> dict[str, float] | None:
@@ -132,31 +166,44 @@ def _stat(values: list[float | None]) -> dict[str, float] | None:
 
 def generation_table(rows: list[dict[str, Any]]) -> str:
     """Table 2 in miniature: one row per tokenizer (mean ± std over seeds), with the baselines."""
+    first = rows[0]["runs"][0]["generation"]
+    ldm = first.get("kind") == "ldm"
+    baselines = ["noise" if ldm else "unigram", "reconstruction"]
+    names = {"unigram": "unigram", "noise": "Gaussian-latent", "reconstruction": "reconstruction"}
     head = ("| tokenizer | generator | seeds | samples | val. loss | "
-            + " | ".join(c[1] for c in GENERATION_COLUMNS) + " | unigram fid-effnet | reconstruction fid-effnet |")
-    rule = "|" + "---|" * (7 + len(GENERATION_COLUMNS))
+            + " | ".join(c[1] for c in GENERATION_COLUMNS) + " | "
+            + " | ".join(f"{names[b]} fid-effnet" for b in baselines) + " |")
+    rule = "|" + "---|" * (5 + len(GENERATION_COLUMNS) + len(baselines))
     lines = []
     for r in rows:
         runs = r["runs"]
         gen = [x["generation"] for x in runs]
         cells = [_cell(_stat([g.get(key) for g in gen]), fmt) for key, _, fmt in GENERATION_COLUMNS]
-        unigram = _stat([g["baselines"]["unigram"].get("fid_effnet") for g in gen])
-        floor = _stat([g["baselines"]["reconstruction"].get("fid_effnet") for g in gen])
+        base = [_cell(_stat([g["baselines"].get(b, {}).get("fid_effnet") for g in gen]), "{:.1f}")
+                for b in baselines]
         lines.append(f"| {r['tokenizer']} | {runs[0]['generator']} | {len(runs)} | {gen[0]['samples']} | "
                      + _cell(_stat([x["val"].get("val_loss") for x in runs]), "{:.3f}") + " | "
-                     + " | ".join(cells) + f" | {_cell(unigram, '{:.1f}')} | {_cell(floor, '{:.1f}')} |")
-    first = rows[0]["runs"][0]["generation"]
+                     + " | ".join(cells) + " | " + " | ".join(base) + " |")
     s = first["sampling"]
-    notes = [f"Generator trained on each tokenizer's codes of the training split (with flips), same steps and "
-             f"seed; {first['samples']} samples at {first['resolution']}x{first['resolution']} per run "
-             f"(classes in turn), cfg {s['cfg_scale']:g}, temperature {s['temperature']:g}, top-k {s['top_k']}, "
-             f"top-p {s['top_p']:g}; reference: {first['reference']}. val. loss: cross-entropy (nats/token) of "
-             "the "
-             "held-out codes (not comparable across tokenizers: different codes). fid-effnet, IS-effnet, "
-             "precision and recall (k = 3) on EfficientNet-Lite0 features: not comparable with published "
-             "numbers; gFID and IS need the FID InceptionV3 weights (n/a when absent). Baselines scored the same "
-             "way: tokens drawn from the codes' unigram frequencies, and the tokenizer's reconstructions of real "
-             "training images (the floor)."]
+    if ldm:
+        what = (f"Latent diffusion trained on each tokenizer's pre-quantization latent of the training split "
+                f"(with flips), same steps and seed; {first['samples']} samples at {first['resolution']}x"
+                f"{first['resolution']} per run (classes in turn), DDIM {s['num_steps']} steps, eta {s['eta']:g}, "
+                f"cfg {s['cfg_scale']:g}, decoded through the nearest codes; reference: {first['reference']}. "
+                "val. loss: epsilon MSE of held-out latents at 8 fixed timesteps (not comparable across "
+                "tokenizers: different latents).")
+    else:
+        what = (f"Generator trained on each tokenizer's codes of the training split (with flips), same steps and "
+                f"seed; {first['samples']} samples at {first['resolution']}x{first['resolution']} per run "
+                f"(classes in turn), cfg {s['cfg_scale']:g}, temperature {s['temperature']:g}, top-k "
+                f"{s['top_k']}, top-p {s['top_p']:g}; reference: {first['reference']}. val. loss: cross-entropy "
+                "(nats/token) of the held-out codes (not comparable across tokenizers: different codes).")
+    notes = [what + " fid-effnet, IS-effnet, precision and recall (k = 3) on EfficientNet-Lite0 features: not "
+             "comparable with published numbers; gFID and IS need the FID InceptionV3 weights (n/a when absent). "
+             "Baselines scored the same way: "
+             + ("latents drawn from N(0, I) (the sampler's start) decoded through their nearest codes" if ldm
+                else "tokens drawn from the codes' unigram frequencies")
+             + ", and the tokenizer's reconstructions of real training images (the floor)."]
     return "\n".join([head, rule, *lines, "", *notes]) + "\n"
 
 
@@ -339,10 +386,7 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
     out.mkdir(parents=True, exist_ok=True)
     if len(set(presets)) != len(presets):
         raise ValueError(f"a preset is listed twice: {presets}")
-    unknown_kinds = [k for k in generation or [] if k not in GENERATION_KINDS]
-    if unknown_kinds:  # before any training
-        raise ValueError(f"--generation {unknown_kinds[0]}: one of {', '.join(GENERATION_KINDS)} "
-                         "(ar: the autoregressive GPT)")
+    check_generation(generation, generator)  # before any training
     seeds = list(seeds) if seeds else [seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed is listed twice: {seeds}")
@@ -368,19 +412,9 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
         for name, items in runs.items():
             gen_runs = []
             for s, run_dir, config in items:
-                gen_preset = generator or default_generator(config, kind)
-                extra = [f"generator.tokenizer={run_dir.resolve()}", f"train.seed={s}"]
-                if generator_steps:
-                    extra.append(f"train.steps={generator_steps}")
-                if generation_samples:
-                    extra.append(f"generator.eval_samples={generation_samples}")
-                if config.data.root:
-                    extra.append(f"data.root={config.data.root}")
-                gen_config = load_config(gen_preset, extra)
-                gen_config.train.image_every = 0
                 gen_dir = (out / f"{name}-{kind}") if len(seeds) == 1 else (out / f"{name}-{kind}" / f"seed{s}")
-                print(f"[compare] {gen_preset} on the codes of {name} (seed {s}): {gen_config.train.steps} steps")
-                gen_runs.append(run_one(f"{name}-{kind}", gen_config, gen_dir, device))
+                gen_runs.append(train_generator(kind, name, s, run_dir, config, gen_dir, generator,
+                                                generator_steps, generation_samples, device))
                 if len(gen_dirs) == len(gen_rows):
                     gen_dirs.append(gen_dir)
             gen_rows.append({"tokenizer": name, "runs": gen_runs})
@@ -428,17 +462,26 @@ DEFAULT_SIZES = (4096, 8192, 16384, 32768, 65536, 131072)
 
 def sweep_codebook(preset: str, out: str | Path, sizes: tuple[int, ...] = DEFAULT_SIZES, data: str | None = None,
                    steps: int | None = None, seed: int = 0, overrides: list[str] | None = None,
-                   eval_points: int = 4, device: str | None = None) -> list[dict[str, Any]]:
+                   eval_points: int = 4, device: str | None = None, generation: str | None = None,
+                   generator: str | None = None, generator_steps: int | None = None,
+                   generation_samples: int | None = None) -> list[dict[str, Any]]:
     """Train ``preset`` at every codebook size (same steps and seed) and plot utilization, PSNR and
-    fid-effnet against K (the analogue of the paper's Fig. 7). Finished sizes are skipped."""
+    fid-effnet against K (the analogue of the paper's Fig. 7). With ``generation`` (ldm or ar) a
+    generator is trained on every size's tokenizer (``OUT/K<k>-<kind>``) and its gFID (fid-effnet
+    without the InceptionV3 weights) joins the table and the plot. Finished runs are skipped."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    check_generation([generation] if generation else None, generator)
+    results, gen_results = [], []
     for k in sizes:
         config = compare_config(preset, data, steps, seed, [*(overrides or []), f"model.codebook_size={k}"],
                                 eval_points)
         print(f"[sweep] {preset} K {k}: {config.train.steps} steps")
         results.append(run_one(f"K{k}", config, out / f"K{k}", device))
+        if generation:
+            gen_results.append(train_generator(generation, f"K{k}", seed, out / f"K{k}", config,
+                                               out / f"K{k}-{generation}", generator, generator_steps,
+                                               generation_samples, device))
     first = compare_config(preset, data, steps, seed, overrides or [], eval_points)
     table = results_table([aggregate([r]) for r in results], _data_name(first), first.data.resolution,
                           results[0]["metrics"].get("images", 0),
@@ -449,11 +492,22 @@ def sweep_codebook(preset: str, out: str | Path, sizes: tuple[int, ...] = DEFAUL
         f"K {r['codebook_size']}: {f}" for r, f in zip(results, fid))
     command = (f"vaevq sweep-codebook {' '.join([preset, *(overrides or [])])}"
                f" --sizes {' '.join(map(str, sizes))} --out {out}" + (f" --data {data}" if data else "")
-               + (f" --steps {steps}" if steps else "") + f" --seed {seed} --eval-points {eval_points}")
+               + (f" --steps {steps}" if steps else "") + f" --seed {seed} --eval-points {eval_points}"
+               + (f" --generation {generation}" if generation else "")
+               + (f" --generator {generator}" if generator else "")
+               + (f" --generator-steps {generator_steps}" if generator_steps else "")
+               + (f" --generation-samples {generation_samples}" if generation_samples else ""))
+    gen_md = ""
+    if generation:
+        gen_md = (f"\n## Generation ({generation}) on each size's tokens\n\n"
+                  + generation_table([{"tokenizer": f"K {r['codebook_size']}", "runs": [g]}
+                                      for r, g in zip(results, gen_results)]))
     atomic_write_text(out / "sweep.md", f"# Codebook size sweep\n\n`{command}`\n\n{table}\n{fid_line}\n\n"
-                      "![metrics against K](sweep.png)\n")
+                      f"![metrics against K](sweep.png)\n{gen_md}")
     atomic_write_text(out / "sweep.json", json.dumps(
-        {"command": command, "results": [{k: v for k, v in r.items() if k != "config"} for r in results]},
+        {"command": command, "results": [{k: v for k, v in r.items() if k != "config"} for r in results],
+         **({f"generation-{generation}": [{k: v for k, v in g.items() if k != "config"} for g in gen_results]}
+            if generation else {})},
         indent=2) + "\n")
     import matplotlib
 
@@ -461,10 +515,17 @@ def sweep_codebook(preset: str, out: str | Path, sizes: tuple[int, ...] = DEFAUL
     from matplotlib import pyplot as plt
 
     ks = [r["codebook_size"] for r in results]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
-    for ax, key, label in zip(axes, ("utilization", "utilization_sampled", "psnr", "fid_effnet"),
-                              ("utilization (encode)", "utilization (sampled)", "PSNR (dB)", "fid-effnet")):
-        ax.plot(ks, [r["metrics"].get(key, float("nan")) for r in results], marker="o")
+    panels = [(key, label, [r["metrics"].get(key, float("nan")) for r in results]) for key, label in
+              (("utilization", "utilization (encode)"), ("utilization_sampled", "utilization (sampled)"),
+               ("psnr", "PSNR (dB)"), ("fid_effnet", "fid-effnet (reconstructions)"))]
+    if generation:
+        gfid = [g["generation"].get("gfid") for g in gen_results]
+        key, name = ("gfid", "gFID") if all(v is not None for v in gfid) else ("fid_effnet", "fid-effnet")
+        panels.append((key, f"generation {name} ({generation})",
+                       [g["generation"].get(key, float("nan")) for g in gen_results]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3.4))
+    for ax, (_, label, values) in zip(axes, panels):
+        ax.plot(ks, [float("nan") if v is None else v for v in values], marker="o")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("codebook size K")
         ax.set_title(label)

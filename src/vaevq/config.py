@@ -187,11 +187,12 @@ class EvalConfig:
 
 @dataclass
 class GeneratorConfig:
-    """A generator trained on a tokenizer's codes (issue 14: ``kind: ar``). ``kind: none`` is a
-    tokenizer run. In a generator run ``model`` and ``data`` describe the tokenizer and the images
-    whose codes are learnt: ``model`` is replaced by the tokenizer run's own at training time."""
+    """A generator trained on a tokenizer's codes (``kind: ar``, issue 14) or on its continuous
+    latent (``kind: ldm``, issue 15). ``kind: none`` is a tokenizer run. In a generator run
+    ``model`` and ``data`` describe the tokenizer and the images it was trained on: ``model`` is
+    replaced by the tokenizer run's own at training time."""
 
-    kind: str = "none"  # none (a tokenizer run) | ar (LlamaGen-style GPT over the token grid)
+    kind: str = "none"  # none (a tokenizer run) | ar (LlamaGen-style GPT on the tokens) | ldm (latent diffusion)
     tokenizer: str | None = None  # the tokenizer: a run folder, its model/ folder or a checkpoint .pt
     tokenizer_which: str = "last"  # last | best checkpoint of a tokenizer run folder without model/
     # the GPT (vaevq.generation.GPTConfig; vocabulary and grid come from the tokenizer)
@@ -217,6 +218,24 @@ class GeneratorConfig:
     sample_batch: int = 64
     eval_samples: int = 1000  # vaevq eval --num default (50000 for the paper's protocol)
     grid_per_class: int = 8  # samples per class in the picture grids (at most 8 classes shown)
+    # latent diffusion (kind ldm): a diffusers UNet2DModel over the tokenizer's pre-quantization
+    # latent (mu for VAEVQ), DDPM training, DDIM sampling (vaevq.generation.ldm)
+    unet_channels: int = 64  # channels of the first level
+    unet_mult: tuple[int, ...] = (1, 2)  # channel multipliers per level (each level but the last halves the grid)
+    unet_layers: int = 2  # residual blocks per level
+    unet_attention: tuple[int, ...] = (1,)  # levels (0: the latent grid) with self-attention
+    unet_head_dim: int = 32  # channels per attention head
+    unet_norm_groups: int = 32  # GroupNorm groups (LDM: 32)
+    unet_dropout: float = 0.0
+    latent_scale: float = 0.0  # the latent's multiplier; 0: 1/std of the training latents (measured, recorded)
+    cache_latents: bool = True  # encode the training split once (and flips) and cache; false: encode each batch
+    diffusion_steps: int = 1000  # DDPM training timesteps
+    beta_schedule: str = "scaled_linear"  # LDM's "linear" (linear in sqrt(beta)) is diffusers' scaled_linear
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction: str = "epsilon"  # what the UNet predicts: epsilon (LDM) | v_prediction (Salimans & Ho 2022)
+    sample_steps: int = 50  # DDIM steps for grids, sample and eval
+    eta: float = 0.0  # DDIM eta (0: deterministic given the initial noise)
 
 
 @dataclass
@@ -467,7 +486,9 @@ def finalize(config: Config) -> Config:
         "gan.gen_loss": (config.gan.gen_loss, ("hinge", "non-saturating")),
         "gan.norm": (config.gan.norm, ("batch", "group")),
         "eval.lpips_net": (config.eval.lpips_net, ("vgg-shift-tolerant", "vgg", None)),
-        "generator.kind": (config.generator.kind, ("none", "ar")),
+        "generator.kind": (config.generator.kind, ("none", "ar", "ldm")),
+        "generator.beta_schedule": (config.generator.beta_schedule, ("linear", "scaled_linear")),
+        "generator.prediction": (config.generator.prediction, ("epsilon", "v_prediction")),
         "generator.tokenizer_which": (config.generator.tokenizer_which, ("last", "best")),
     }
     for key, (value, allowed) in choices.items():
@@ -508,7 +529,9 @@ def _finalize_generator(config: Config) -> None:
     for key in ("dim", "n_layer", "n_head", "multiple_of", "sample_batch", "eval_samples", "grid_per_class"):
         if getattr(g, key) <= 0:
             raise ConfigError(f"generator.{key} must be positive; got {getattr(g, key)}")
-    if g.dim % g.n_head or (g.dim // g.n_head) % 4:
+    if g.kind == "ldm":
+        _finalize_ldm(g)
+    elif g.dim % g.n_head or (g.dim // g.n_head) % 4:
         raise ConfigError(f"generator.dim {g.dim} must be a multiple of generator.n_head {g.n_head} with a head "
                           "width divisible by 4 (2D rotary embedding: half the channels per axis, in pairs)")
     if g.num_classes < 0:
@@ -519,6 +542,36 @@ def _finalize_generator(config: Config) -> None:
     if g.temperature <= 0 or not 0.0 < g.top_p <= 1.0 or g.top_k < 0:
         raise ConfigError(f"generator sampling: temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
                           f"{g.temperature}, {g.top_p}, {g.top_k}")
+
+
+def _finalize_ldm(g: GeneratorConfig) -> None:
+    for key in ("unet_channels", "unet_layers", "unet_head_dim", "unet_norm_groups", "diffusion_steps",
+                "sample_steps"):
+        if getattr(g, key) <= 0:
+            raise ConfigError(f"generator.{key} must be positive; got {getattr(g, key)}")
+    if not g.unet_mult or min(g.unet_mult) <= 0:
+        raise ConfigError(f"generator.unet_mult must list positive multipliers; got {list(g.unet_mult)}")
+    for m in g.unet_mult:
+        width = g.unet_channels * m
+        if width % g.unet_norm_groups or width % g.unet_head_dim:
+            raise ConfigError(f"generator.unet_channels x unet_mult ({width}) must be divisible by "
+                              f"generator.unet_norm_groups {g.unet_norm_groups} and generator.unet_head_dim "
+                              f"{g.unet_head_dim}")
+    bad = [a for a in g.unet_attention if not 0 <= a < len(g.unet_mult)]
+    if bad:
+        raise ConfigError(f"generator.unet_attention: level {bad[0]} does not exist (levels 0.."
+                          f"{len(g.unet_mult) - 1} of generator.unet_mult)")
+    if g.latent_scale < 0:
+        raise ConfigError(f"generator.latent_scale must be >= 0 (0: 1/std measured); got {g.latent_scale}")
+    if not 0 < g.beta_start < g.beta_end < 1:
+        raise ConfigError(f"generator: 0 < beta_start < beta_end < 1; got {g.beta_start}, {g.beta_end}")
+    if g.sample_steps > g.diffusion_steps:
+        raise ConfigError(f"generator.sample_steps {g.sample_steps} exceeds generator.diffusion_steps "
+                          f"{g.diffusion_steps}")
+    if not 0.0 <= g.eta <= 1.0:
+        raise ConfigError(f"generator.eta must be in [0, 1]; got {g.eta}")
+    if not 0.0 <= g.unet_dropout < 1.0:
+        raise ConfigError(f"generator.unet_dropout must be in [0, 1); got {g.unet_dropout}")
 
 
 def _finalize_data(config: Config) -> None:

@@ -20,6 +20,9 @@ EPILOG = """examples:
   vaevq train gpt-tiny generator.tokenizer=runs/tiny --out runs/gpt-tiny
   vaevq sample --checkpoint runs/gpt-tiny --num 64 --out samples/ --cfg 2.0 --classes 0,3
   vaevq eval --checkpoint runs/gpt-tiny --num 1000
+  vaevq train ldm-tiny generator.tokenizer=runs/tiny --out runs/ldm-tiny
+  vaevq sample --checkpoint runs/ldm-tiny --num 64 --out samples/ --cfg 1.5 --steps 50 --eta 0.0
+  vaevq compare m0 vaevq --generation ar,ldm --out runs/table2
   vaevq data check brats-f16 data.root=/data/BraTS2024 data.contrasts=[t1n,t2f]
 """
 
@@ -30,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a tokenizer or a generator (generator.kind: ar) from a preset or YAML")
+    p = sub.add_parser("train", help="train a tokenizer or a generator (generator.kind: ar, ldm) from a preset or "
+                                     "YAML")
     p.add_argument("config", metavar="PRESET_OR_YAML",
                    help="a preset name (see `vaevq presets`) or a YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -51,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="generator runs: reference images (a folder) or an ADM-style .npz (mu/sigma of pool3, "
                         "arr_0 images); default: the training split's real images")
     p.add_argument("--cfg", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
+    p.add_argument("--steps", type=int, default=None, help="latent diffusion runs: DDIM steps (default: the run's "
+                                                          "generator.sample_steps)")
+    p.add_argument("--eta", type=float, default=None, help="latent diffusion runs: DDIM eta (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="generator runs: sampling seed")
     p.add_argument("--data", metavar="PATH",
                    help="a folder of images or 'built-in'; for brain MRI runs a BraTS root or one "
@@ -72,9 +79,13 @@ def _parser() -> argparse.ArgumentParser:
                                                            "generator.cfg_scale; 1 disables)")
     p.add_argument("--classes", default=None, metavar="C[,C...]",
                    help="class indices used in turn (default: every class in turn)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None, help="0: no top-k filtering")
-    p.add_argument("--top-p", type=float, default=None, help="1.0: no nucleus filtering")
+    p.add_argument("--temperature", type=float, default=None, help="autoregressive runs")
+    p.add_argument("--top-k", type=int, default=None, help="autoregressive runs; 0: no top-k filtering")
+    p.add_argument("--top-p", type=float, default=None, help="autoregressive runs; 1.0: no nucleus filtering")
+    p.add_argument("--steps", type=int, default=None, help="latent diffusion runs: DDIM steps (default: the run's "
+                                                          "generator.sample_steps)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="latent diffusion runs: DDIM eta (0: deterministic given the initial noise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--npz", action="store_true",
@@ -117,12 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--one-seed", nargs="+", default=[], metavar="PRESET",
                    help="with --seeds: these presets run with the first seed only")
     p.add_argument("--eval-points", type=int, default=6, help="evaluations during training (utilization plot)")
-    p.add_argument("--generation", default=None, metavar="ar",
-                   help="after each tokenizer, train a generator on its codes and add the generation table "
-                        "(Table 2 in miniature): ar = the autoregressive GPT")
+    p.add_argument("--generation", default=None, metavar="ar,ldm",
+                   help="after each tokenizer, train generators on its tokens and add a generation table per kind "
+                        "(Table 2 in miniature): ar = the autoregressive GPT, ldm = latent diffusion")
     p.add_argument("--generator", default=None, metavar="PRESET",
-                   help="with --generation: the generator preset (default gpt-tiny on the built-in photos, "
-                        "gpt-brain-tiny on the built-in brain, llamagen-b / llamagen-b-brats otherwise)")
+                   help="with one --generation kind: the generator preset (default per data and kind: gpt-tiny / "
+                        "ldm-tiny on the built-in photos, gpt-brain-tiny / ldm-brain-tiny on the built-in brain, "
+                        "llamagen-b(-brats) / ldm-4(-brats) otherwise)")
     p.add_argument("--generator-steps", type=int, default=None, help="with --generation: steps of every generator")
     p.add_argument("--generation-samples", type=int, default=None, metavar="N",
                    help="with --generation: samples scored per generator (default: the preset's eval_samples)")
@@ -137,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-points", type=int, default=4)
+    p.add_argument("--generation", default=None, metavar="ldm",
+                   help="also train a generator on every size's tokenizer and plot its gFID / fid-effnet against "
+                        "K (Fig. 7): ldm (latent diffusion) or ar")
+    p.add_argument("--generator", default=None, metavar="PRESET", help="with --generation: the generator preset")
+    p.add_argument("--generator-steps", type=int, default=None, help="with --generation: steps of every generator")
+    p.add_argument("--generation-samples", type=int, default=None, metavar="N",
+                   help="with --generation: samples scored per generator")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
     p = sub.add_parser("data", help="data tools: `vaevq data check PRESET_OR_YAML [key=value ...]`")
@@ -210,35 +229,43 @@ def _generator_run(path: str) -> bool:
     return False
 
 
+def check_sampling(settings: dict) -> None:
+    """Sampling settings a user gave on the command line, checked before any work."""
+    if "temperature" in settings and (settings["temperature"] <= 0 or not 0 < settings["top_p"] <= 1
+                                      or settings["top_k"] < 0):
+        raise ValueError("--temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
+    if "num_steps" in settings and (settings["num_steps"] < 1 or not 0 <= settings["eta"] <= 1):
+        raise ValueError("--steps must be >= 1 and --eta in [0, 1]")
+
+
 def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
     from vaevq.fileio import atomic_write, atomic_write_text
-    from vaevq.generation.sample import class_plan, load_generator, sample_images
+    from vaevq.generation.gpt import latent_grid
+    from vaevq.generation.sample import class_plan, load_generator, sample_images, sampling_settings
     from vaevq.metrics import to_uint8
     from vaevq.training.images import image_grid
 
     device = _device(args)
     run = load_generator(args.checkpoint, args.which)
     g = run.config.generator
-    gpt, tokenizer = run.gpt.to(device), run.tokenizer.to(device)
+    settings = sampling_settings(g, cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, num_steps=args.steps, eta=args.eta)
+    check_sampling(settings)
+    model, tokenizer = run.model.to(device), run.tokenizer.to(device)
     try:
         classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     except ValueError as err:
         raise ValueError(f"--classes must be comma-separated class indices; got {args.classes!r}") from err
     labels = class_plan(args.num, g.num_classes, classes)
-    settings = {"cfg_scale": g.cfg_scale if args.cfg is None else args.cfg,
-                "temperature": g.temperature if args.temperature is None else args.temperature,
-                "top_k": g.top_k if args.top_k is None else args.top_k,
-                "top_p": g.top_p if args.top_p is None else args.top_p, "seed": args.seed}
-    if settings["temperature"] <= 0 or not 0 < settings["top_p"] <= 1 or settings["top_k"] < 0:
-        raise ValueError("--temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
+    settings["seed"] = args.seed
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, ids, labs = [], [], []
     batch = args.batch_size or g.sample_batch
-    for x, tok, lab in sample_images(gpt, tokenizer, args.num, labels, batch_size=batch, progress=True,
+    for x, tok, lab in sample_images(model, tokenizer, args.num, labels, batch_size=batch, progress=True,
                                      **settings):
         images.append(x.cpu())
         ids.append(tok.cpu())
@@ -259,7 +286,7 @@ def cmd_sample(args) -> int:
         with open(tmp, "wb") as fh:  # a file object: numpy would append a suffix to a bare path
             (np.save(fh, arrays["a"]) if "a" in arrays else np.savez(fh, **arrays))
 
-    atomic_write(out / "ids.npy", lambda tmp: write_npy(tmp, a=ids.view(-1, *gpt.config.grid).numpy()))
+    atomic_write(out / "ids.npy", lambda tmp: write_npy(tmp, a=ids.view(-1, *latent_grid(run.config)).numpy()))
     if args.npz:
         atomic_write(out / "samples.npz", lambda tmp: write_npy(tmp, arr_0=pixels))
     atomic_write_text(out / "samples.json", json.dumps(
@@ -285,7 +312,8 @@ def cmd_eval_generator(args) -> int:
 
     device = _device(args)
     ev = evaluate_generator(args.checkpoint, num=args.num, ref=args.ref, which=args.which, cfg_scale=args.cfg,
-                            seed=args.seed, batch_size=args.batch_size, inception_weights=args.inception_weights,
+                            num_steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                            inception_weights=args.inception_weights,
                             device=device, progress=True)
     rows = generation_rows(ev.result)
     width = max(len(k) for k, _ in rows)
@@ -299,13 +327,16 @@ def cmd_eval_generator(args) -> int:
         image_grid(rows_, scale=max(1, 64 // rows_[0].shape[-1])).save(buf, format="PNG")
         return buf.getvalue()
 
-    md, page = write_report(
-        out, f"vaevq generation evaluation: {run.name}", rows,
-        {"samples": png(ev.grids["samples"]), "unigram": png(ev.grids["unigram"]),
-         "training_curves": curves_png(run.log)},
-        {"samples": "samples of the generator (a row per class)",
-         "unigram": "baseline: tokens drawn independently from the unigram frequencies of the training codes",
-         "training_curves": "training loss from log.jsonl"})
+    captions = {"samples": "samples of the generator (a row per class)",
+                "unigram": "baseline: tokens drawn independently from the unigram frequencies of the training "
+                           "codes",
+                "noise": "baseline: latents drawn from N(0, I) (the sampler's start), decoded through their "
+                         "nearest codes",
+                "training_curves": "training loss from log.jsonl"}
+    pictures = {name: png(rows_) for name, rows_ in ev.grids.items()}
+    pictures["training_curves"] = curves_png(run.log)
+    md, page = write_report(out, f"vaevq generation evaluation: {run.name}", rows, pictures,
+                            {k: captions[k] for k in pictures})
     print(f"wrote {out / 'metrics.json'}, {md}, {page}")
     return 0
 
@@ -315,6 +346,10 @@ def cmd_eval(args) -> int:
 
     if _generator_run(args.checkpoint):
         return cmd_eval_generator(args)
+    given = [flag for flag, value in (("--num", args.num), ("--ref", args.ref), ("--cfg", args.cfg),
+                                      ("--steps", args.steps), ("--eta", args.eta)) if value is not None]
+    if given:
+        raise ValueError(f"{given[0]} applies to generator runs; {args.checkpoint} is a tokenizer run")
 
     from vaevq.data import build_eval_dataset, build_token_dataset
     from vaevq.fileio import atomic_write_text
@@ -403,7 +438,9 @@ def cmd_sweep(args) -> int:
     from vaevq.compare import sweep_codebook
 
     sweep_codebook(args.preset, args.out, tuple(args.sizes), data=args.data, steps=args.steps, seed=args.seed,
-                   overrides=args.overrides, eval_points=args.eval_points, device=args.device)
+                   overrides=args.overrides, eval_points=args.eval_points, device=args.device,
+                   generation=args.generation, generator=args.generator, generator_steps=args.generator_steps,
+                   generation_samples=args.generation_samples)
     return 0
 
 

@@ -107,6 +107,12 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _latent_views(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """(B, num_aug, d, h, w) float32 continuous latents (``encode_latent``) of a batch (and its flip)."""
+    views = [x, x.flip(-1)] if flip else [x]
+    return torch.stack([model.encode_latent(v).float() for v in views], dim=1).cpu()
+
+
 @torch.no_grad()
 def extract_codes(model, dataset, cache_dir: str | Path, flip: bool = False, batch_size: int = 64,
                   device: str | torch.device = "cpu", extra_key: dict[str, Any] | None = None,
@@ -115,11 +121,27 @@ def extract_codes(model, dataset, cache_dir: str | Path, flip: bool = False, bat
     over every item of ``dataset`` (and its horizontal flip with ``flip``), stored once under
     ``cache_dir/<key>/`` and reused while the key (tokenizer weights, dataset size and names, flip,
     ``extra_key``: e.g. the data settings) is the same. Files are written atomically, the key last."""
+    return _extract(model, dataset, cache_dir, lambda x: _encode_views(model, x, flip), np.int64, flip,
+                    batch_size, device, extra_key or {})
+
+
+@torch.no_grad()
+def extract_latents(model, dataset, cache_dir: str | Path, flip: bool = False, batch_size: int = 64,
+                    device: str | torch.device = "cpu", extra_key: dict[str, Any] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(latents (N, num_aug, d, h, w) float32 memory-mapped, labels (N,), folder): as
+    :func:`extract_codes` with ``model.encode_latent`` (what latent diffusion learns)."""
+    return _extract(model, dataset, cache_dir, lambda x: _latent_views(model, x, flip), np.float32, flip,
+                    batch_size, device, {"what": "latents", **(extra_key or {})})
+
+
+def _extract(model, dataset, cache_dir, views, dtype, flip: bool, batch_size: int, device,
+             extra_key: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Path]:
     labels, classes = dataset_labels(dataset)
     names = getattr(dataset, "names", None) or [str(i) for i in range(len(dataset))]
     key = {"tokenizer": weights_digest(model), "items": len(dataset),
            "names": hashlib.sha256("\n".join(names).encode()).hexdigest(), "flip": flip,
-           "classes": classes, **(extra_key or {})}
+           "classes": classes, **extra_key}
     folder = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     key_file = folder / "key.json"
     if key_file.is_file() and json.loads(key_file.read_text()) == key:
@@ -130,10 +152,10 @@ def extract_codes(model, dataset, cache_dir: str | Path, flip: bool = False, bat
     try:
         for start in range(0, len(dataset), batch_size):
             x = torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
-            chunks.append(_encode_views(model, x, flip))
+            chunks.append(views(x))
     finally:
         model.train(was_training)
-    codes = torch.cat(chunks).numpy().astype(np.int64)
+    codes = torch.cat(chunks).numpy().astype(dtype)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "codes.npy", lambda tmp: _save_npy(tmp, codes))
     atomic_write(folder / "labels.npy", lambda tmp: _save_npy(tmp, labels))

@@ -16,8 +16,10 @@ read).
 
 Baselines: ``unigram`` (tokens drawn independently from the training codes' unigram
 frequencies, decoded by the tokenizer: a generator that learnt nothing about structure should do
-no better) and ``reconstruction`` (the tokenizer's reconstructions of real training images: the
-floor any generator on these tokens can reach).
+no better), for latent diffusion also ``noise`` (latents drawn from N(0, I) in the diffused,
+scaled space, i.e. the DDIM starting point, decoded through their nearest codes: what the
+sampler turns into images), and ``reconstruction`` (the tokenizer's reconstructions of real
+training images: the floor any generator on these tokens can reach).
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ from vaevq.features.effnet import EfficientNetLite0
 from vaevq.features.inception import FIDInceptionV3
 from vaevq.fileio import atomic_write
 from vaevq.generation.codes import extract_codes, unigram_samples, weights_digest
-from vaevq.generation.sample import class_plan, decode_ids, load_generator, sample_images, tokenizer_split_dir
+from vaevq.generation.gpt import latent_grid
+from vaevq.generation.sample import (
+    class_plan,
+    decode_ids,
+    load_generator,
+    sample_images,
+    sampling_settings,
+    tokenizer_split_dir,
+)
 from vaevq.generation.trainer import codes_cache_dir, codes_key
 from vaevq.metrics import frechet_distance, inception_score, precision_recall
 from vaevq.weights import WeightsNotFoundError
@@ -263,20 +273,22 @@ def _grid_rows(images: torch.Tensor, labels: torch.Tensor | None, per: int = 8,
 @torch.no_grad()
 def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None = None, which: str = "last",
                        cfg_scale: float | None = None, temperature: float | None = None, top_k: int | None = None,
-                       top_p: float | None = None, seed: int = 0, batch_size: int | None = None,
+                       top_p: float | None = None, num_steps: int | None = None, eta: float | None = None,
+                       seed: int = 0, batch_size: int | None = None,
                        inception_weights: str | None = None, device: str = "cpu",
                        progress: bool = False, use_cache: bool = True) -> GenerationEval:
     """Sample ``num`` images (default ``generator.eval_samples``; classes in turn) and score them and
-    the two baselines against the reference (see the module docstring). The features of the
-    default reference and of both baselines are cached beside the codes (``use_cache``)."""
+    the baselines against the reference (see the module docstring). Sampling settings not given are
+    the run's (temperature/top-k/top-p: autoregressive; num_steps/eta: latent diffusion). The
+    features of the default reference and of the baselines are cached beside the codes
+    (``use_cache``)."""
     run = load_generator(path, which)
     config, g = run.config, run.config.generator
-    gpt, tokenizer = run.gpt.to(device), run.tokenizer.to(device)
+    model, tokenizer = run.model.to(device), run.tokenizer.to(device)
+    grid = latent_grid(config)
     num = num or g.eval_samples
-    settings = {"cfg_scale": g.cfg_scale if cfg_scale is None else cfg_scale,
-                "temperature": g.temperature if temperature is None else temperature,
-                "top_k": g.top_k if top_k is None else top_k, "top_p": g.top_p if top_p is None else top_p,
-                "seed": seed}
+    settings = {**sampling_settings(g, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    num_steps=num_steps, eta=eta), "seed": seed}
     batch = batch_size or g.sample_batch
     nets, notes = feature_nets(inception_weights, device)
 
@@ -304,7 +316,7 @@ def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None
     # the generator's samples
     labels = class_plan(num, g.num_classes)
     fake, kept, kept_labels = FeatureBank(), [], []
-    for images, _, lab in sample_images(gpt, tokenizer, num, labels, batch_size=batch, progress=progress,
+    for images, _, lab in sample_images(model, tokenizer, num, labels, batch_size=batch, progress=progress,
                                         **settings):
         fake.update(nets, images)
         if sum(x.shape[0] for x in kept) < 512:
@@ -312,15 +324,24 @@ def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None
             kept_labels.append(lab.cpu() if lab is not None else None)
     model_metrics = score(fake, reference, nets)
 
-    # baseline 1: independent tokens from the unigram frequencies of the training codes
-    codes = training_codes(config, tokenizer, train_images, device)
-    gen = torch.Generator().manual_seed(seed)
-    uni = unigram_samples(codes, num, gen)
-    uni_kept = [decode_ids(tokenizer, uni[:batch].to(device), gpt.config.grid).cpu()]
     tok_key = {**data_key, "tokenizer": weights_digest(tokenizer), "n": num}
-    uni_bank = cached_collect(cache, {"what": "unigram", "seed": seed, **tok_key}, nets,
-                              lambda: (decode_ids(tokenizer, uni[s:s + batch].to(device), gpt.config.grid)
-                                       for s in range(0, num, batch)), -(-num // batch), "unigram", progress)
+    if g.kind == "ldm":
+        # baseline: pure Gaussian latents (the DDIM start), decoded through their nearest codes
+        grids = {"noise": _grid_rows(next(noise_batches(model, min(num, batch), batch, seed)).cpu(), None)}
+        noise_key = {"what": "noise", "seed": seed, "scale": float(model.latent_scale), **tok_key}
+        noise_bank = cached_collect(cache, noise_key, nets, lambda: noise_batches(model, num, batch, seed),
+                                    -(-num // batch), "noise", progress)
+        baselines = {"noise": {"samples": num, **score(noise_bank, reference, nets)}}
+    else:
+        # baseline: independent tokens from the unigram frequencies of the training codes
+        codes = training_codes(config, tokenizer, train_images, device)
+        gen = torch.Generator().manual_seed(seed)
+        uni = unigram_samples(codes, num, gen)
+        grids = {"unigram": _grid_rows(decode_ids(tokenizer, uni[:batch].to(device), grid).cpu(), None)}
+        uni_bank = cached_collect(cache, {"what": "unigram", "seed": seed, **tok_key}, nets,
+                                  lambda: (decode_ids(tokenizer, uni[s:s + batch].to(device), grid)
+                                           for s in range(0, num, batch)), -(-num // batch), "unigram", progress)
+        baselines = {"unigram": {"samples": num, **score(uni_bank, reference, nets)}}
     # baseline 2: the tokenizer's reconstructions of real training images (the floor)
     rec_indices = spread(len(train_images), num)
     rec_bank = cached_collect(cache, {"what": "reconstruction", **tok_key}, nets,
@@ -332,17 +353,26 @@ def evaluate_generator(path: str | Path, num: int | None = None, ref: str | None
         "samples": num, "sampling": settings, "classes": g.num_classes,
         "reference": reference.description, "resolution": config.data.resolution,
         **model_metrics,
-        "baselines": {
-            "unigram": {"samples": num, **score(uni_bank, reference, nets)},
-            "reconstruction": {"samples": len(rec_indices), **score(rec_bank, reference, nets)},
-        },
+        "baselines": {**baselines,
+                      "reconstruction": {"samples": len(rec_indices), **score(rec_bank, reference, nets)}},
     }
     if notes:
         result["unavailable"] = notes
     kept_images = torch.cat(kept)
     kept_lab = torch.cat(kept_labels) if kept_labels and kept_labels[0] is not None else None
-    grids = {"samples": _grid_rows(kept_images, kept_lab), "unigram": _grid_rows(uni_kept[0], None)}
+    grids = {"samples": _grid_rows(kept_images, kept_lab), **grids}
     return GenerationEval(result, grids)
+
+
+@torch.no_grad()
+def noise_batches(ldm, num: int, batch: int, seed: int):
+    """Images of ``num`` latents drawn from N(0, I) in the diffused (scaled) space, decoded
+    through their nearest codes, in batches (one generator seeded by ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, num, batch):
+        n = min(batch, num - start)
+        z = torch.randn((n, ldm.channels, *ldm.grid), generator=gen).to(ldm.device)
+        yield ldm.decode_latents(z)[0]
 
 
 def training_codes(config, tokenizer, train_images, device) -> np.ndarray:
@@ -356,11 +386,14 @@ def training_codes(config, tokenizer, train_images, device) -> np.ndarray:
 def generation_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows of a generation result, with what each number was computed on."""
     s = result["sampling"]
+    sampling = (f"DDIM {s['num_steps']} steps, eta {s['eta']:g}, cfg {s['cfg_scale']:g}, seed {s['seed']}"
+                if "num_steps" in s else
+                f"cfg {s['cfg_scale']:g}, temperature {s['temperature']:g}, top-k {s['top_k']}, "
+                f"top-p {s['top_p']:g}, seed {s['seed']}")
     rows = [("samples", f"{result['samples']} at {result['resolution']}x{result['resolution']} "
                         f"(classes in turn of {result['classes']})" if result["classes"] else
              f"{result['samples']} at {result['resolution']}x{result['resolution']} (unconditional)"),
-            ("sampling", f"cfg {s['cfg_scale']:g}, temperature {s['temperature']:g}, top-k {s['top_k']}, "
-                         f"top-p {s['top_p']:g}, seed {s['seed']}"),
+            ("sampling", sampling),
             ("reference", result["reference"])]
     names = [("gfid", "gFID (InceptionV3 pool3)"), ("inception_score", "Inception Score (10 splits)"),
              ("precision", "precision (InceptionV3, k=3)"), ("recall", "recall (InceptionV3, k=3)"),
@@ -372,12 +405,14 @@ def generation_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         if key in result:
             value = f"{result[key]:.4g}" + (f" ± {result[key + '_std']:.3g}" if key + "_std" in result else "")
             base = result["baselines"]
-            value += "  (unigram " + _fmt(base["unigram"].get(key)) + ", reconstructions " + \
-                     _fmt(base["reconstruction"].get(key)) + ")"
+            value += "  (" + ", ".join(f"{BASELINE_NAMES.get(b, b)} {_fmt(base[b].get(key))}" for b in base) + ")"
             rows.append((label, value))
         elif key == "gfid" and "gfid" in result.get("unavailable", {}):
             rows.append((label, result["unavailable"]["gfid"].split(";")[0]))
     return rows
+
+
+BASELINE_NAMES = {"unigram": "unigram", "noise": "Gaussian latents", "reconstruction": "reconstructions"}
 
 
 def _fmt(value) -> str:

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vaevq.config import Config, GeneratorConfig, load_config
-from vaevq.fileio import atomic_write, atomic_write_text
-from vaevq.rundir import CONFIG, WEIGHTS
+from vaevq.fileio import atomic_write_text
+from vaevq.hub import HubMixin, load_weights, require_files, resolve_folder, save_weights
+from vaevq.rundir import CONFIG
 
 
 @dataclass
@@ -213,7 +213,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class GPT(nn.Module):
+class GPT(HubMixin, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         config.check()
@@ -242,18 +242,18 @@ class GPT(nn.Module):
         """config.yaml (the GPTConfig) and model.safetensors, each written atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS, lambda p: save_file(state, p))
+        save_weights(directory, self.state_dict())
         settings = dataclasses.asdict(self.config)
         settings["grid"] = list(settings["grid"])
         atomic_write_text(directory / CONFIG, yaml.safe_dump({"gpt": settings}, sort_keys=False))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> GPT:
-        directory = Path(directory)
-        for name in (CONFIG, WEIGHTS):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing (written by GPT.save_pretrained)")
+    def from_pretrained(cls, name_or_path: str | Path, map_location: str = "cpu", revision: str | None = None,
+                        cache_dir: str | Path | None = None, token: str | None = None,
+                        local_files_only: bool = False) -> GPT:
+        """A folder written by :meth:`save_pretrained`, or a Hugging Face Hub id ``org/name``."""
+        directory = resolve_folder(name_or_path, revision, cache_dir, token, local_files_only)
+        require_files(directory, who="GPT.save_pretrained")
         settings = (yaml.safe_load((directory / CONFIG).read_text()) or {}).get("gpt")
         if not isinstance(settings, dict):
             raise ValueError(f"{directory / CONFIG} has no gpt section")
@@ -263,7 +263,7 @@ class GPT(nn.Module):
             raise ValueError(f"{directory / CONFIG}: unknown gpt key(s) {', '.join(unknown)}")
         settings["grid"] = tuple(settings.get("grid", GPTConfig.grid))
         model = cls(GPTConfig(**settings))
-        model.load_state_dict(load_file(str(directory / WEIGHTS), device=map_location))
+        model.load_state_dict(load_weights(directory, map_location))
         return model
 
     @staticmethod

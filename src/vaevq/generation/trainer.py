@@ -84,17 +84,25 @@ def codes_cache_dir(config: Config) -> Path:
     return Path(g.cache_dir).expanduser() if g.cache_dir else default_cache_dir() / "codes"
 
 
-class GPTTrainer(LoopTrainer):
-    """Train the autoregressive generator of ``config`` (``generator.kind: ar``) into ``run_dir``."""
+class GeneratorTrainer(LoopTrainer):
+    """What every generator run shares: the frozen tokenizer (the run records its model
+    settings), the image splits (a brain tokenizer's split by subject reused), the class labels,
+    AdamW + schedule + EMA, the named training state, exact resume, DistributedDataParallel, the
+    step-seeded loader and the periodic sample grids. A subclass sets ``kind`` and provides
+    ``_prepare_data()`` (``train_set`` of (index, seed) items, held-out data, ``train_classes``,
+    ``eval_classes``, ``eval_labels``), ``_build_model()``, ``_train_step`` and ``run_eval``."""
 
-    rate_name = "seq_per_s"
+    kind = ""
     best_mode = "min"
-    short_keys = ("val_loss", "val_ppl")
+    train_set: Dataset
+    train_classes: list[str]
+    eval_classes: list[str]
+    eval_labels: np.ndarray
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, device: str | None = None):
-        if config.generator.kind != "ar":
+        if config.generator.kind != self.kind:
             raise ConfigError(f"{config.name}: generator.kind is {config.generator.kind!r}; "
-                              "GPTTrainer trains 'ar'")
+                              f"{type(self).__name__} trains {self.kind!r}")
         self.config = config
         self.run = RunDir(run_dir)
         self.run_dir = self.run.root
@@ -114,41 +122,27 @@ class GPTTrainer(LoopTrainer):
         config.model = tok_config.model
         self.grid = latent_grid(config)
 
-        # 2. codes of the training split (cached) and of the held-out split
+        # 2. the data (codes or latents of the training split, the held-out split) and the labels
         split_from = tokenizer_split_dir(config) or self.run_dir
         self.train_images, self.eval_images = build_datasets(config, split_from,
                                                              progress=self.dist.is_main and t.progress)
-        cache = codes_cache_dir(config)
-        self.train_codes = self.eval_codes = None
-        for rank_turn in (True, False):  # rank 0 encodes and writes first; the others read the cache
-            if self.dist.is_main == rank_turn:
-                self.train_codes, self.train_labels, self.codes_dir = extract_codes(
-                    self.tokenizer, self.train_images, cache, flip=g.flip, batch_size=config.eval.batch_size,
-                    device=device, extra_key=codes_key(config, "train"))
-                self.eval_codes, self.eval_labels, eval_dir = extract_codes(
-                    self.tokenizer, self.eval_images, cache, flip=False, batch_size=config.eval.batch_size,
-                    device=device, extra_key=codes_key(config, "eval"))
-            barrier()
-        train_classes = self._classes(self.codes_dir)
-        eval_classes = self._classes(eval_dir)
+        self._prepare_data()
         # held-out images of the training classes are scored with their labels; held-out images of
         # other classes (the built-in photos: other photos) with the null label (unconditional)
-        self.eval_conditional = set(eval_classes) <= set(train_classes)
-        if self.eval_conditional:
-            remap = np.array([train_classes.index(c) for c in eval_classes], dtype=np.int64)
-            self.eval_labels = remap[np.asarray(self.eval_labels)] if len(self.eval_labels) else self.eval_labels
-        classes = int(self.train_labels.max()) + 1 if len(self.train_labels) else 1
+        self.eval_conditional = set(self.eval_classes) <= set(self.train_classes)
+        if self.eval_conditional and len(self.eval_labels):
+            remap = np.array([self.train_classes.index(c) for c in self.eval_classes], dtype=np.int64)
+            self.eval_labels = remap[np.asarray(self.eval_labels)]
+        classes = len(self.train_classes) if len(self.train_set) else 1
         if g.num_classes and classes > g.num_classes:
             raise ConfigError(f"the training data has {classes} classes but generator.num_classes is "
                               f"{g.num_classes}; set generator.num_classes={classes} (or 0: unconditional)")
         self.data_classes = classes
-        self.train_set = CodeDataset(self.train_codes, self.train_labels)
         self.total_steps = total_steps(config, len(self.train_set), self.dist.world_size)
 
         # 3. the model, optimizer, schedule, EMA
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.gpt_config = gpt_config(g, self.tokenizer.quantizer.codebook_size, self.grid)
-        self.model = GPT(self.gpt_config).to(device)
+        self.model = self._build_model().to(device)
         self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.lr, self.lr_rule = effective_lr(config, self.dist.world_size)
         self.autocast = t.precision == "bf16" and device.type == "cuda"
@@ -172,9 +166,24 @@ class GPTTrainer(LoopTrainer):
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if device.type == "cuda"
                                             else None) if self.dist.enabled else self.model)
 
+    def _prepare_data(self) -> None:
+        raise NotImplementedError
+
+    def _build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _rank_zero_first(self, work):
+        """``work()`` on rank 0, then on the others (which read what rank 0 cached)."""
+        result = None
+        for rank_turn in (True, False):
+            if self.dist.is_main == rank_turn:
+                result = work()
+            barrier()
+        return result
+
     @staticmethod
     def _classes(codes_dir: Path) -> list[str]:
-        """The class names of cached codes (recorded in their key by extract_codes)."""
+        """The class names of cached codes or latents (recorded in their key by extract_codes)."""
         return json.loads((codes_dir / "key.json").read_text())["classes"]
 
     # ------------------------------------------------------------------ hooks of the loop
@@ -188,12 +197,50 @@ class GPTTrainer(LoopTrainer):
                           pin_memory=self.dist.device.type == "cuda")
 
     def _to_device(self, batch) -> tuple:
-        tokens, labels = batch
-        return tokens.to(self.dist.device, non_blocking=True), labels.to(self.dist.device, non_blocking=True)
+        return tuple(x.to(self.dist.device, non_blocking=True) for x in batch)
 
     def _record_data(self) -> None:
         for note in getattr(self.train_images, "notes", []):
             self.print(f"[vaevq] {note}")
+
+    def save_images(self) -> None:
+        """A grid of samples (a row per class) with the run's sampling settings, seeded."""
+        if not self.dist.is_main:
+            return
+        rows = sample_grid(self.eval_model(), self.tokenizer, self.config.generator, seed=self.config.train.seed)
+        save_grid(rows, self.run.image(self.step), scale=max(1, 128 // rows[0].shape[-1]))
+
+
+class GPTTrainer(GeneratorTrainer):
+    """Train the autoregressive generator of ``config`` (``generator.kind: ar``) into ``run_dir``."""
+
+    kind = "ar"
+    rate_name = "seq_per_s"
+    short_keys = ("val_loss", "val_ppl")
+
+    def _prepare_data(self) -> None:
+        """Codes of the training split (and flips; cached) and of the held-out split."""
+        config, g = self.config, self.config.generator
+        cache = codes_cache_dir(config)
+
+        def extract():
+            train = extract_codes(self.tokenizer, self.train_images, cache, flip=g.flip,
+                                  batch_size=config.eval.batch_size, device=self.dist.device,
+                                  extra_key=codes_key(config, "train"))
+            held = extract_codes(self.tokenizer, self.eval_images, cache, flip=False,
+                                 batch_size=config.eval.batch_size, device=self.dist.device,
+                                 extra_key=codes_key(config, "eval"))
+            return train, held
+
+        (self.train_codes, self.train_labels, self.codes_dir), (self.eval_codes, self.eval_labels, eval_dir) = \
+            self._rank_zero_first(extract)
+        self.train_classes = self._classes(self.codes_dir)
+        self.eval_classes = self._classes(eval_dir)
+        self.train_set = CodeDataset(self.train_codes, self.train_labels)
+
+    def _build_model(self) -> GPT:
+        self.gpt_config = gpt_config(self.config.generator, self.tokenizer.quantizer.codebook_size, self.grid)
+        return GPT(self.gpt_config)
 
     def _announce(self) -> None:
         t, g = self.config.train, self.config.generator
@@ -268,10 +315,3 @@ class GPTTrainer(LoopTrainer):
     def run_eval(self) -> dict[str, Any]:
         metrics = self.validation_loss()
         return self._record_eval(metrics)
-
-    def save_images(self) -> None:
-        """A grid of samples (a row per class) with the run's sampling settings, seeded."""
-        if not self.dist.is_main:
-            return
-        rows = sample_grid(self.eval_model(), self.tokenizer, self.config.generator, seed=self.config.train.seed)
-        save_grid(rows, self.run.image(self.step), scale=max(1, 128 // rows[0].shape[-1]))

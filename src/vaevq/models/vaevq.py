@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vaevq.config import Config, ConfigError, ModelConfig, config_from_dict, finalize, load_config, register_check
-from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.fileio import atomic_write_text
+from vaevq.hub import HubMixin, load_weights, require_files, resolve_folder, save_weights
 from vaevq.losses.objective import active_terms, check_weights, tokenizer_losses
 from vaevq.models.vqgan import Decoder, Encoder
 from vaevq.quantizers import QUANTIZERS, build_quantizer, quantizer_spec
@@ -50,7 +50,7 @@ class Reconstruction:
     logvar: torch.Tensor | None = None  # (B, d, h, w) posterior log-variance (variational quantizers)
 
 
-class VAEVQ(nn.Module):
+class VAEVQ(HubMixin, nn.Module):
     """Encoder -> posterior head -> quantizer -> (shared) decoder on both paths.
 
     ``VAEVQ(config)`` takes a full :class:`~vaevq.config.Config` (model and loss sections are
@@ -93,21 +93,20 @@ class VAEVQ(nn.Module):
         """Write config.yaml and model.safetensors (each atomically) into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
+        save_weights(directory, self.state_dict())
         atomic_write_text(directory / CONFIG_FILE, self.config.to_yaml())
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> VAEVQ:
-        directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing (written by save_pretrained)")
+    def from_pretrained(cls, name_or_path: str | Path, map_location: str = "cpu", revision: str | None = None,
+                        cache_dir: str | Path | None = None, token: str | None = None,
+                        local_files_only: bool = False) -> VAEVQ:
+        """A folder written by :meth:`save_pretrained`, or a Hugging Face Hub id ``org/name``."""
+        directory = resolve_folder(name_or_path, revision, cache_dir, token, local_files_only)
+        require_files(directory, who="VAEVQ.save_pretrained")
         config = finalize(config_from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()),
                                            str(directory / CONFIG_FILE)))
         model = cls(config)
-        state = load_file(str(directory / WEIGHTS_FILE), device=map_location)
-        model.load_state_dict(state)
+        model.load_state_dict(load_weights(directory, map_location))
         return model
 
     # ------------------------------------------------------------------ pieces
@@ -164,6 +163,26 @@ class VAEVQ(nn.Module):
         self.eval()
         try:
             return self.quantizer(self.encode_features(x))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The continuous latent the quantizer reads (B, d, h, w): the posterior mean mu of a
+        variational quantizer, the encoder's output for the others (what latent diffusion models)."""
+        h = self.encode_features(x)
+        return h[:, : self.config.model.latent_dim] if self.quantizer.variational else h
+
+    @torch.no_grad()
+    def quantize_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) of a continuous latent as :meth:`encode_latent` gives it: the
+        evaluation-mode quantizer (nearest code of mu; FSQ/LFQ their own rounding), so
+        ``quantize_latent(encode_latent(x)) == encode(x)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            h = torch.cat([z, torch.zeros_like(z)], dim=1) if self.quantizer.variational else z
+            return self.quantizer(h.float()).indices
         finally:
             self.train(was_training)
 

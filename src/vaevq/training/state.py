@@ -149,4 +149,5 @@ def setting_differences(saved: dict[str, Any] | None, config: Config) -> list[st
 
 # generator settings that only steer sampling, evaluation or where codes are cached
 FREE_ON_RESUME = {f"generator.{k}" for k in ("cfg_scale", "temperature", "top_k", "top_p", "sample_batch",
-                                              "eval_samples", "grid_per_class", "cache_dir")}
+                                              "eval_samples", "grid_per_class", "cache_dir",
+                                              "sample_steps", "eta")}
