@@ -12,8 +12,9 @@ from PIL import Image
 from vaevq.cli.main import main
 from vaevq.config import load_config
 from vaevq.generation import LatentDiffusion, load_generator, make_trainer, sample_images
+from vaevq.generation.evaluate import spread
 from vaevq.generation.ldm import ddim_scheduler
-from vaevq.generation.ldm_trainer import LatentItems, LDMTrainer, draw_item
+from vaevq.generation.ldm_trainer import SCALE_ITEMS, LatentItems, LDMTrainer, draw_item
 from vaevq.metrics import to_uint8
 from vaevq.models import VAEVQ
 from vaevq.training.checkpoint import load_checkpoint
@@ -224,6 +225,25 @@ def test_training_lowers_the_loss_resumes_exactly_and_samples_decode(tokenizer_d
     assert float(ldm.latent_scale) == pytest.approx(1 / std, rel=1e-5)
     assert torch.equal(ldm.sample_latents(labels, num_steps=2, generator=torch.Generator().manual_seed(0)),
                        run.model.sample_latents(labels, num_steps=2, generator=torch.Generator().manual_seed(0)))
+
+
+def test_latents_encoded_per_batch_as_ldm_4_trains(tokenizer_dir, tmp_path):
+    """generator.cache_latents=false (ldm-4's ImageNet mode): images are encoded at each step, with
+    the dataset's own flip; the scale is measured on images spread over the split."""
+    config = ldm_config(tokenizer_dir, tmp_path, 2, ["generator.cache_latents=false"])
+    trainer = LDMTrainer(config, tmp_path / "run")
+    assert trainer.cache_dir is None and trainer.train_images.random_flip
+    tok = VAEVQ.from_pretrained(tokenizer_dir).eval()
+    picks = spread(len(trainer.train_images), SCALE_ITEMS)
+    lat = torch.cat([tok.encode_latent(torch.stack([trainer.train_images[i] for i in picks[s:s + 256]]))
+                     for s in range(0, len(picks), 256)]).double()
+    assert trainer.config.generator.latent_scale == pytest.approx(1 / lat.std().item(), rel=1e-4)
+    image, label, t, noise, drop = trainer.train_set[(7, 123)]
+    assert image.shape == (3, 32, 32) and noise.shape == (8, 8, 8)
+    z, *_ = trainer._to_device(tuple(torch.as_tensor(v)[None] for v in (image, label, t, noise, drop)))
+    torch.testing.assert_close(z, tok.encode_latent(image[None]) * trainer.model.latent_scale)
+    metrics = trainer.train()
+    assert np.isfinite(metrics["val_loss"])
 
 
 def test_cli_sample_and_eval(tokenizer_dir, tmp_path):
