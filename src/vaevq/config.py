@@ -7,6 +7,7 @@ Presets are YAML files shipped inside the package (``vaevq/configs/NAME.yaml``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -505,6 +506,7 @@ def finalize(config: Config) -> Config:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive; got {value}")
+    _finalize_counts(config)
     _finalize_data(config)
     _finalize_generator(config)
     if config.model.dead_code_interval < 0:
@@ -520,6 +522,36 @@ def finalize(config: Config) -> Config:
             f"factor {factor} of model.ch_mult {list(config.model.ch_mult)}"
         )
     return config
+
+
+def _finalize_counts(config: Config) -> None:
+    """Counts, intervals and rates: a value that cannot run (steps 0, log_every 0, lr inf) is
+    refused by name before any work."""
+    t, e = config.train, config.eval
+    if t.epochs < 0:
+        raise ConfigError(f"train.epochs must be >= 0 (0: train.steps decides); got {t.epochs}")
+    if t.epochs == 0 and t.steps < 1:
+        raise ConfigError(f"train.steps must be >= 1; got {t.steps}")
+    at_least = {"train.log_every": (t.log_every, 1), "eval.batch_size": (e.batch_size, 1),
+                "train.eval_every": (t.eval_every, 0), "train.image_every": (t.image_every, 0),
+                "train.checkpoint_every": (t.checkpoint_every, 0), "train.warmup_steps": (t.warmup_steps, 0),
+                "train.lr_base_batch": (t.lr_base_batch, 0), "eval.max_images": (e.max_images, 0),
+                "eval.grid_images": (e.grid_images, 0), "data.num_workers": (config.data.num_workers, 0)}
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}" + (" (0: off)" if low == 0 and "every" in key else "")
+                              + f"; got {value}")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ConfigError(f"train.lr must be a finite number > 0; got {t.lr}")
+    for key, value in (("train.grad_clip", t.grad_clip), ("train.weight_decay", t.weight_decay)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key} must be a finite number >= 0; got {value}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off); got {t.ema_decay}")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1]; got {t.min_lr_ratio}")
+    if not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas must be in [0, 1); got {list(t.betas)}")
 
 
 def _finalize_generator(config: Config) -> None:

@@ -33,6 +33,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     NCCL on GPUs, gloo on CPU. ``device`` forces "cpu" or "cuda"; default: CUDA when present.
     """
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                         f"False; torch {torch.__version__}); use --device cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

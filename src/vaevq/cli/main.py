@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaevq", description="Train, evaluate and use VAEVQ discrete visual tokenizers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also VAEVQ_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a tokenizer or a generator (generator.kind: ar, ldm) from a preset or "
@@ -176,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from vaevq.config import ConfigError
 
+    debug = args.debug or os.environ.get("VAEVQ_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, OSError, ValueError, FloatingPointError) as err:
+        # a user error or an environment fault (a missing or unwritable file, a full disk, a bad
+        # value): one line naming it; --debug / VAEVQ_DEBUG=1 shows the traceback
+        if debug:
+            raise
         print(f"vaevq {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -189,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 def _device(args) -> str:
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                         "use --device cpu")
     if args.device:
         return args.device
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -201,6 +212,8 @@ def cmd_train(args) -> int:
 
     run = RunDir(args.out)
     run_dir = run.root
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file; a run needs a folder (new or an earlier run's)")
     has_checkpoint = run.has_checkpoint()
     if has_checkpoint and not args.resume:
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, "
