@@ -56,3 +56,76 @@ def test_a_bad_value_on_the_command_line_is_one_line(tmp_path, capsys):
     _one_line_error(capsys, ["train", "tiny", "train.log_every=0", "--out", str(tmp_path / "r")],
                     "train.log_every")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_torn_last_log_line_is_named_and_dropped(tmp_path, capsys):
+    from vaevq.fileio import read_jsonl
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert read_jsonl(log) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    err = capsys.readouterr().err
+    assert str(log) in err and "torn last line" in err
+    log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')  # damage in the middle: refused by line
+    with pytest.raises(ValueError, match=r"log\.jsonl, line 2"):
+        read_jsonl(log)
+
+
+def test_appends_are_whole_lines_when_the_disk_fills(tmp_path, monkeypatch):
+    import errno
+
+    import vaevq.fileio as fileio
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\n')
+    real_open = open
+
+    class Full:
+        """A file that takes half of what is written, then fails as a full disk does."""
+
+        def __init__(self, *a, **k):
+            self.fh = real_open(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def tell(self):
+            return self.fh.tell()
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            self.fh.flush()
+
+        def truncate(self, size):
+            return self.fh.truncate(size)
+
+    monkeypatch.setattr(fileio, "open", Full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        fileio.append_line(log, '{"step": 2, "loss": 0.25}')
+    monkeypatch.undo()
+    assert log.read_text() == '{"step": 1}\n'
+
+
+def test_metrics_json_never_holds_nan():
+    import json
+    import math
+
+    from vaevq.cli.main import metrics_json
+
+    text = metrics_json({"psnr": math.nan, "ssim": 0.5, "baselines": {"noise": {"fid": math.inf}},
+                         "n": [1.0, -math.inf]})
+
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+
+    data = json.loads(text, parse_constant=refuse)  # strict JSON: no NaN or Infinity
+    assert data["psnr"] is None and data["ssim"] == 0.5 and data["baselines"]["noise"]["fid"] is None
+    assert data["n"] == [1.0, None]
+    assert set(data["nonfinite"]) == {"psnr", "baselines.noise.fid"}

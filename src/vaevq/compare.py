@@ -17,7 +17,7 @@ import torch
 
 from vaevq.config import Config, load_config
 from vaevq.data import build_eval_dataset
-from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.fileio import atomic_write, atomic_write_text, dumps, read_jsonl
 from vaevq.generation import make_trainer
 from vaevq.generation.evaluate import evaluate_generator
 from vaevq.rundir import RunDir
@@ -88,7 +88,7 @@ def run_one(name: str, config: Config, run_dir: Path, device: str | None) -> dic
               "codebook_size": trainer.model.quantizer.codebook_size, "steps": trainer.step,
               "metrics": metrics, "train_s": trainer.elapsed,
               "wall_s": time.perf_counter() - start, "config": settings}
-    atomic_write_text(marker, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(marker, dumps(result, indent=2) + "\n")
     return result
 
 
@@ -99,7 +99,7 @@ def _finish_generator(name, config, run_dir, trainer, metrics, marker, settings,
     grid = torch.cat([row for row in ev.grids["samples"]])[:16]
     result = {"name": name, "generator": config.name, "steps": trainer.step, "train_s": trainer.elapsed,
               "val": metrics, "generation": ev.result, "wall_s": time.perf_counter() - start, "config": settings}
-    atomic_write_text(marker, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(marker, dumps(result, indent=2) + "\n")
     RunDir(run_dir).eval.mkdir(parents=True, exist_ok=True)
     atomic_write(RunDir(run_dir).eval / "compare_grid.pt", lambda tmp: torch.save(grid, tmp))
     return result
@@ -228,8 +228,7 @@ def utilization_curve(run_dir: Path) -> list[tuple[int, float]]:
     points = []
     log = RunDir(run_dir).log
     if log.is_file():
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
+        for record in read_jsonl(log):
             if "eval/utilization" in record:
                 points.append((record["step"], record["eval/utilization"]))
     return points
@@ -443,7 +442,7 @@ def compare(presets: list[str], out: str | Path, data: str | None = None, steps:
     atomic_write_text(out / "results.md", f"# Comparison\n\n`{command}`\n\n{table}\n"
                       "![utilization and PSNR](bars.png)\n\n![utilization over training](utilization.png)\n\n"
                       "![reconstructions](reconstructions.png)\n" + generation_md)
-    atomic_write_text(out / "results.json", json.dumps(
+    atomic_write_text(out / "results.json", dumps(
         {"command": command, "data": _data_name(first), "resolution": first.data.resolution,
          "results": rows,
          "runs": [{k: v for k, v in r.items() if k != "config"} for p in presets for r in results[p]],
@@ -504,7 +503,7 @@ def sweep_codebook(preset: str, out: str | Path, sizes: tuple[int, ...] = DEFAUL
                                       for r, g in zip(results, gen_results)]))
     atomic_write_text(out / "sweep.md", f"# Codebook size sweep\n\n`{command}`\n\n{table}\n{fid_line}\n\n"
                       f"![metrics against K](sweep.png)\n{gen_md}")
-    atomic_write_text(out / "sweep.json", json.dumps(
+    atomic_write_text(out / "sweep.json", dumps(
         {"command": command, "results": [{k: v for k, v in r.items() if k != "config"} for r in results],
          **({f"generation-{generation}": [{k: v for k, v in g.items() if k != "config"} for g in gen_results]}
             if generation else {})},

@@ -242,6 +242,17 @@ def _generator_run(path: str) -> bool:
     return False
 
 
+def metrics_json(result: dict) -> str:
+    """metrics.json text: a non-finite number (NaN, inf) is written as null and named under
+    ``nonfinite`` (JSON has no NaN; a file holding one breaks other readers)."""
+    from vaevq.fileio import dumps, nonfinite_keys
+
+    bad = nonfinite_keys(result)
+    if bad:
+        result = {**result, "nonfinite": {k: "not a finite number (written as null)" for k in bad}}
+    return dumps(result, indent=2) + "\n"
+
+
 def check_sampling(settings: dict) -> None:
     """Sampling settings a user gave on the command line, checked before any work."""
     if "temperature" in settings and (settings["temperature"] <= 0 or not 0 < settings["top_p"] <= 1
@@ -333,7 +344,7 @@ def cmd_eval_generator(args) -> int:
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     run = RunDir.of(args.checkpoint)
     out = run.eval
-    atomic_write_text(out / "metrics.json", json.dumps(ev.result, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", metrics_json(ev.result))
 
     def png(rows_):
         buf = io.BytesIO()
@@ -417,7 +428,7 @@ def cmd_eval(args) -> int:
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     out = run.eval
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", metrics_json(result))
     n = min(config.eval.grid_images, len(dataset))
     picks = torch.linspace(0, len(dataset) - 1, n).long().tolist()
     images = torch.stack([dataset[i] for i in picks]).to(device)

@@ -17,7 +17,6 @@ builds its model, optimizer and data in ``__init__`` and provides:
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vaevq.config import Config
 from vaevq.distributed import DistInfo, all_reduce_sum, barrier
-from vaevq.fileio import atomic_write_text
+from vaevq.fileio import append_line, atomic_write_text, dumps, read_jsonl
 from vaevq.rundir import RunDir
 from vaevq.training.state import Progress, TrainingState, save_state
 
@@ -127,17 +126,16 @@ class LoopTrainer:
         return self.run.log
 
     def log(self, record: dict[str, Any]) -> None:
+        """One whole line of ``log.jsonl`` (non-finite numbers written as null)."""
         if self.dist.is_main:
-            with open(self.log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_line(self.log_path, dumps(record))
 
     def _trim_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (they will be redone)."""
         if not (self.dist.is_main and self.log_path.is_file()):
             return
-        kept = [line for line in self.log_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
+        kept = [r for r in read_jsonl(self.log_path) if r.get("step", 0) <= self.step]
+        atomic_write_text(self.log_path, "".join(dumps(r) + "\n" for r in kept))
 
     def print(self, *args) -> None:
         if self.dist.is_main:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vaevq.fileio import atomic_write, atomic_write_text
+from vaevq.fileio import atomic_write, atomic_write_text, read_jsonl
 from vaevq.training.images import image_grid
 
 ROWS = [("psnr", "PSNR (dB), quantized path", "{:.3f}"), ("ssim", "SSIM", "{:.4f}"),
@@ -85,7 +84,7 @@ def curves_png(log_path: Path) -> bytes | None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(log_path)
     losses = [r for r in records if "loss/total" in r]
     evals = [r for r in records if "eval/utilization" in r]
     if not losses and not evals:
