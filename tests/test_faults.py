@@ -129,3 +129,13 @@ def test_metrics_json_never_holds_nan():
     assert data["psnr"] is None and data["ssim"] == 0.5 and data["baselines"]["noise"]["fid"] is None
     assert data["n"] == [1.0, None]
     assert set(data["nonfinite"]) == {"psnr", "baselines.noise.fid"}
+
+
+def test_resume_with_another_learning_rate_is_refused_by_name():
+    from vaevq.training.state import setting_differences
+
+    saved = load_config("tiny").to_dict()
+    assert setting_differences(saved, load_config("tiny", ["train.steps=900"])) == []  # more steps: fine
+    assert setting_differences(saved, load_config("tiny", ["train.lr=1e-3"])) == []  # tiny's own value
+    assert setting_differences(saved, load_config("tiny", ["train.lr=2e-3", "train.weight_decay=0.1"])) == [
+        "train.lr: 0.001 -> 0.002", "train.weight_decay: 0.0 -> 0.1"]

@@ -122,18 +122,21 @@ def save_state(path: str | Path, config: Config, state: dict[str, Any]) -> None:
 
 def restore_state(path: str | Path, state: TrainingState, config: Config,
                   device: str | torch.device = "cpu") -> None:
-    """Load a checkpoint into every component; refuse one trained with other model, loss or gan
-    settings (train.* may change on resume, e.g. more steps; data.* may move)."""
+    """Load a checkpoint into every component; refuse one trained with other model, loss, gan or
+    generator settings, or other optimizer settings (the optimizer state would silently keep the
+    old ones while config.yaml recorded the new); train.steps may change (more steps), data.* may
+    move."""
     saved = load_checkpoint(path, device)
     diffs = setting_differences(saved.get("config"), config)
     if diffs:
         raise ValueError(f"{path} was trained with different settings ({'; '.join(diffs[:6])}); resume "
-                         "with the same model, loss and gan settings, or use a new run directory")
+                         "with the checkpoint's settings, or start a new run directory")
     state.load_state_dict(saved, str(path))
 
 
 def setting_differences(saved: dict[str, Any] | None, config: Config) -> list[str]:
-    """The model, loss, gan and generator keys whose values differ between a checkpoint's config and ``config``."""
+    """The model, loss, gan and generator keys, and the optimizer keys of train (``GUARDED_TRAIN``),
+    whose values differ between a checkpoint's config and ``config``."""
     if not saved:
         return []
     try:
@@ -142,9 +145,15 @@ def setting_differences(saved: dict[str, Any] | None, config: Config) -> list[st
         return []
     new = config.to_dict()
     return [f"{section}.{key}: {old[section].get(key)!r} -> {new[section][key]!r}"
-            for section in ("model", "loss", "gan", "generator") for key in new[section]
+            for section in ("model", "loss", "gan", "generator", "train") for key in new[section]
             if old.get(section, {}).get(key, new[section][key]) != new[section][key]
-            and f"{section}.{key}" not in FREE_ON_RESUME]
+            and f"{section}.{key}" not in FREE_ON_RESUME
+            and (section != "train" or key in GUARDED_TRAIN)]
+
+
+# train settings the optimizer and schedule state carry: changed on resume, they would be ignored
+GUARDED_TRAIN = ("lr", "lr_scale", "lr_base_batch", "betas", "weight_decay", "schedule", "warmup_steps",
+                 "min_lr_ratio")
 
 
 # generator settings that only steer sampling, evaluation or where codes are cached
