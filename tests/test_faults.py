@@ -139,3 +139,61 @@ def test_resume_with_another_learning_rate_is_refused_by_name():
     assert setting_differences(saved, load_config("tiny", ["train.lr=1e-3"])) == []  # tiny's own value
     assert setting_differences(saved, load_config("tiny", ["train.lr=2e-3", "train.weight_decay=0.1"])) == [
         "train.lr: 0.001 -> 0.002", "train.weight_decay: 0.0 -> 0.1"]
+
+
+def test_the_run_lock_refuses_a_second_writer_and_replaces_a_stale_one(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from vaevq.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert run.acquire() is None
+    assert run.lock_file.read_text().split() == [str(os.getpid()), socket.gethostname()]
+    with pytest.raises(ValueError, match=f"process {os.getpid()} on {socket.gethostname()}"):
+        RunDir(tmp_path / "run").acquire()
+    run.release()
+    assert not run.lock_file.exists()
+    # a lock of a process that has exited: stale, replaced with a note
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run.lock_file.write_text(f"{gone.stdout.strip()} {socket.gethostname()}\n")
+    note = run.acquire()
+    assert note and "stale" in note and gone.stdout.strip() in note
+    run.release()
+    # another host's lock cannot be checked from here: refused
+    run.lock_file.write_text("12345 some-other-host\n")
+    with pytest.raises(ValueError, match="some-other-host"):
+        run.acquire()
+
+
+TINY_FAST = ["model.ch=16", "model.z_channels=32", "model.codebook_size=64", "model.latent_dim=8", "train.steps=1",
+             "train.progress=false", "eval.max_images=8", "eval.lpips_net=null", "eval.fid_effnet=false",
+             "eval.rfid=false", "data.usage_tokens=0", "train.image_every=0"]
+
+
+def test_training_cleans_temporary_files_and_a_busy_run_is_refused(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    leftover = out / "checkpoints" / ".last.pt.k2j4.tmp"  # what a kill -9 during a save leaves
+    leftover.write_bytes(b"half a checkpoint")
+    assert main(["train", "tiny", *TINY_FAST, "--out", str(out)]) == 0
+    assert not leftover.exists() and "removed 1 temporary file" in capsys.readouterr().out
+    assert not (out / ".lock").exists()  # released at the end
+    # a second writer while another process holds the run: one line, nothing written
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (out / ".lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+        before = (out / "log.jsonl").read_text()
+        argv = ["train", str(out / "config.yaml"), "train.steps=2", "--resume", "--out", str(out)]
+        _one_line_error(capsys, argv, "is in use", str(holder.pid))
+        assert (out / "log.jsonl").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()

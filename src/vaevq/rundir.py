@@ -8,12 +8,15 @@
     RUN/model/               the final model (save_pretrained: config.yaml + model.safetensors)
     RUN/eval/                `vaevq eval`: metrics.json, report.md, report.html
     RUN/compare.json         `vaevq compare`: the finished run's result
+    RUN/.lock                held while a process trains into the run (its pid and host)
 
 Every module that reads or writes a run's files asks a :class:`RunDir` for the path.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 CONFIG = "config.yaml"
@@ -24,6 +27,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 MODEL = "model"
 WEIGHTS = "model.safetensors"
+LOCK = ".lock"
 
 
 class RunDir:
@@ -109,3 +113,72 @@ class RunDir:
         if not self.split.is_file() and (self.root.parent / SPLIT).is_file():
             return self.root.parent
         return self.root
+
+    # ------------------------------------------------------------------ one writer at a time
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK
+
+    def acquire(self) -> str | None:
+        """Take the run's lock (a file holding this process's pid and host). A lock left by a
+        process of this host that no longer runs is stale: it is replaced and a note returned. A
+        live holder (or one on another host) refuses with a ValueError naming it."""
+        self.mkdir()
+        me = f"{os.getpid()} {socket.gethostname()}"
+        note = None
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid, host = _holder(self.lock_file)
+                if host == socket.gethostname() and pid is not None and not _alive(pid):
+                    self.lock_file.unlink(missing_ok=True)
+                    note = f"removed the stale lock of process {pid} (no longer running): {self.lock_file}"
+                    continue
+                raise ValueError(f"{self.root} is in use: process {pid} on {host} is training into it (lock "
+                                 f"{self.lock_file}); wait for it to finish, or delete the lock file if that "
+                                 "process is gone") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me + "\n")
+            return note
+        raise ValueError(f"could not take the lock {self.lock_file}")
+
+    def release(self) -> None:
+        """Drop the lock if this process holds it."""
+        pid, host = _holder(self.lock_file)
+        if pid == os.getpid() and host == socket.gethostname():
+            self.lock_file.unlink(missing_ok=True)
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove what an interrupted atomic write left (``.NAME.XXXX.tmp`` beside its target) in
+        the run folder, checkpoints/ and model/; returns the removed paths. Call with the lock held."""
+        removed = []
+        for folder in (self.root, self.checkpoints, self.model):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    if tmp.is_file():
+                        tmp.unlink(missing_ok=True)
+                        removed.append(tmp)
+        return removed
+
+
+def _holder(lock: Path) -> tuple[int | None, str | None]:
+    try:
+        parts = lock.read_text().split()
+    except OSError:
+        return None, None
+    try:
+        return int(parts[0]), (parts[1] if len(parts) > 1 else None)
+    except (IndexError, ValueError):
+        return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -186,6 +186,21 @@ class LoopTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run to train.steps (or epochs); returns the final evaluation metrics."""
+        if not self.dist.is_main:
+            return self._train()
+        note = self.run.acquire()  # one process trains into a run folder at a time
+        try:
+            if note:
+                self.print(f"[vaevq] {note}")
+            removed = self.run.clean_temporary()
+            if removed:
+                self.print(f"[vaevq] removed {len(removed)} temporary file(s) of an interrupted write: "
+                           + ", ".join(p.name for p in removed))
+            return self._train()
+        finally:
+            self.run.release()
+
+    def _train(self) -> dict[str, Any]:
         t = self.config.train
         if self.dist.is_main:
             self.run.mkdir()
