@@ -197,3 +197,46 @@ def test_training_cleans_temporary_files_and_a_busy_run_is_refused(tmp_path, cap
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last(tmp_path, monkeypatch, capsys):
+    import vaevq.training.checkpoint as ckpt
+
+    out = tmp_path / "run"
+    assert main(["train", "tiny", *TINY_FAST, "train.checkpoint_every=1", "--out", str(out)]) == 0
+    good = (out / "checkpoints" / "last.pt").read_bytes()
+
+    def full_disk(obj, f):  # what torch.save raises when the disk fills mid-write
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    argv = ["train", str(out / "config.yaml"), "train.steps=2", "--resume", "--out", str(out)]
+    err = _one_line_error(capsys, argv, "while writing", "last.pt", "(step 1) is intact")
+    assert "step 2" in err
+    monkeypatch.undo()
+    assert (out / "checkpoints" / "last.pt").read_bytes() == good
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_diverged_weights_are_never_checkpointed_nor_evaluated(tmp_path, capsys):
+    import torch
+
+    from vaevq.models import VAEVQ
+    from vaevq.training import Trainer
+
+    config = load_config("tiny", [*TINY_FAST, "train.steps=3", "train.checkpoint_every=1"])
+    trainer = Trainer(config, tmp_path / "r")
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite values"):
+        trainer.save()
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+    # a save_pretrained folder holding NaN (written by anything else) is refused when loaded
+    model = VAEVQ(load_config("tiny", TINY_FAST))
+    with torch.no_grad():
+        model.decoder.conv_out.weight[0, 0, 0, 0] = float("inf")
+    model.save_pretrained(tmp_path / "bad")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "bad")], "non-finite",
+                    "decoder.conv_out.weight")

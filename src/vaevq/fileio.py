@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -23,10 +24,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) or _write_failure(err):
+            code = getattr(err, "errno", None) or errno.EIO
+            reason = getattr(err, "strerror", None) or "the write failed (is the disk full?)"
+            raise OSError(code, f"{reason} while writing {path}; {path.name} was not replaced") from None
         raise
+
+
+def _write_failure(err: BaseException) -> bool:
+    """torch.save reports a failed write (a full disk) as a RuntimeError of its zip writer."""
+    return isinstance(err, RuntimeError) and any(
+        m in str(err) for m in ("inline_container", "unexpected pos", "PytorchStreamWriter", "file write failed"))
 
 
 def _umask() -> int:

@@ -38,9 +38,14 @@ def save_weights(directory: str | Path, state: dict[str, torch.Tensor]) -> None:
 def load_weights(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     path = Path(directory) / WEIGHTS
     try:
-        return load_file(str(path), device=str(map_location))
+        state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: cannot read the weights ({err})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: the weights hold non-finite values (first: {name}); the run that wrote "
+                             "them diverged")
+    return state
 
 
 def require_files(directory: Path, names: tuple[str, ...] = (CONFIG, WEIGHTS), who: str = "save_pretrained",

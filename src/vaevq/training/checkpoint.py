@@ -73,5 +73,15 @@ def load_model(path: str | Path, which: str = "last", map_location: str = "cpu")
     file = resolve_checkpoint(path, which)
     state = load_checkpoint(file, map_location)
     model = VAEVQ(config_of(state, str(file)))
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    check_finite(weights, file)
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def check_finite(weights: dict[str, Any], source) -> None:
+    """Refuse weights holding NaN or inf (a diverged run): nothing evaluated on them means anything."""
+    for name, tensor in weights.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{source}: the weights hold non-finite values (first: {name}); the run diverged "
+                             "before this checkpoint was written")

@@ -102,11 +102,31 @@ class LoopTrainer:
     # ------------------------------------------------------------------ state
 
     def save(self, name: str = "last") -> None:
+        """Write a checkpoint (atomically; rank 0). Weights holding NaN or inf are never written:
+        the run stops naming the step, and the checkpoint on disk stays the last good one."""
+        bad = [n for n, p in self.model.state_dict().items()
+               if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(f"step {self.step}: the weights hold non-finite values (first: {bad[0]}); "
+                                     f"not writing {self.run.checkpoint(name)}; {self._last_saved()}")
         # every rank gathers the state (collective parts), then rank 0 writes
         state = self.state.state_dict()
         if self.dist.is_main:
-            save_state(self.run.checkpoint(name), self.config, state)
+            try:
+                save_state(self.run.checkpoint(name), self.config, state)
+            except OSError as err:
+                raise OSError(err.errno, f"{err.strerror} (step {self.step}); {self._last_saved()}") from None
+            if name == "last":
+                self.saved_step = self.step
         barrier()
+
+    saved_step: int | None = None  # the step of the last checkpoint written (or resumed from)
+
+    def _last_saved(self) -> str:
+        step = self.saved_step if self.saved_step is not None else getattr(self, "resumed_from", None)
+        last = self.run.last
+        return (f"{last} (step {step}) is intact" if step is not None and last.is_file() else
+                f"{last} is intact" if last.is_file() else "no checkpoint was written before")
 
     def _update_best(self, metrics: dict[str, Any]) -> None:
         """Save ``best`` when train.best_metric improved (higher or lower as ``best_mode``)."""
@@ -266,6 +286,10 @@ class LoopTrainer:
         return bool(all_reduce_sum(flag).item() > 0)
 
     def _check_finite(self, losses: dict[str, float]) -> None:
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {losses}; the last "
-                                     "checkpoint is untouched")
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"step {self.step + 1}: the loss term {bad[0]} is non-finite "
+                                     f"({losses[bad[0]]}; all: "
+                                     + ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+                                     + f"); stopped before the update; {self._last_saved()}; lower train.lr or "
+                                     "check the data")
