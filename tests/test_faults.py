@@ -240,3 +240,15 @@ def test_diverged_weights_are_never_checkpointed_nor_evaluated(tmp_path, capsys)
     model.save_pretrained(tmp_path / "bad")
     _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "bad")], "non-finite",
                     "decoder.conv_out.weight")
+
+
+def test_unwritable_places_are_named_before_any_work(tmp_path, capsys):
+    from vaevq.models import VAEVQ
+
+    nowhere = "/sys/vaevq-not-writable"  # sysfs refuses new folders, also to root (chmod would not stop root)
+    _one_line_error(capsys, ["train", "tiny", *TINY_FAST, "--out", f"{nowhere}/run"], "--out", "not writable")
+    VAEVQ(load_config("tiny", TINY_FAST)).save_pretrained(tmp_path / "model")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "model"), "--out", nowhere], "not writable")
+    assert not (tmp_path / "model" / "eval").exists()
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "metrics.json").is_file() and not (tmp_path / "model" / "eval").exists()

@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="which checkpoint of a run folder")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where metrics.json and the report go (default RUN/eval; e.g. for a read-only run)")
     p.add_argument("--inception-weights", metavar="FILE",
                    help="pt_inception-2015-12-05-6726825d.pth for rFID (else $VAEVQ_INCEPTION_WEIGHTS, "
                         "the hub cache, or a download)")
@@ -222,6 +224,7 @@ def cmd_train(args) -> int:
     if args.resume and run.config.is_file():
         source = run.config  # the run's own settings; overrides still apply
     config = load_config(source, args.overrides)
+    writable(run_dir, "--out")  # before any work
     if args.resume and not has_checkpoint:
         print(f"[vaevq] no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
     make_trainer(config, run_dir, resume=args.resume, device=args.device).train()
@@ -240,6 +243,25 @@ def _generator_run(path: str) -> bool:
     if p.is_file() and p.suffix == ".pt":
         return (load_checkpoint(p).get("config", {}).get("generator", {}) or {}).get("kind", "none") != "none"
     return False
+
+
+def writable(folder: Path, what: str) -> Path:
+    """``folder`` (created) after proving a file can be written in it: a read-only or full place
+    is named before any work, not after."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vaevq-write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {folder} is not writable ({err.strerror or err})") from None
+    return folder
+
+
+def eval_out(args, run) -> Path:
+    return writable(Path(args.out), "--out") if args.out else writable(
+        run.eval, "the run's eval folder (give --out DIR to write elsewhere):")
 
 
 def metrics_json(result: dict) -> str:
@@ -335,6 +357,8 @@ def cmd_eval_generator(args) -> int:
     from vaevq.training.report import curves_png, write_report
 
     device = _device(args)
+    run = RunDir.of(args.checkpoint)
+    out = eval_out(args, run)  # checked before any work
     ev = evaluate_generator(args.checkpoint, num=args.num, ref=args.ref, which=args.which, cfg_scale=args.cfg,
                             num_steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
                             inception_weights=args.inception_weights,
@@ -342,8 +366,6 @@ def cmd_eval_generator(args) -> int:
     rows = generation_rows(ev.result)
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    run = RunDir.of(args.checkpoint)
-    out = run.eval
     atomic_write_text(out / "metrics.json", metrics_json(ev.result))
 
     def png(rows_):
@@ -388,6 +410,7 @@ def cmd_eval(args) -> int:
     model = load_model(args.checkpoint, args.which).to(device)
     config = model.config
     run = RunDir.of(args.checkpoint)  # where the outputs go
+    out = eval_out(args, run)  # checked before any work
     dataset = build_eval_dataset(config, args.data, run.split_dir())
     for note in dataset.notes:
         print(f"[vaevq] {note}")
@@ -427,7 +450,6 @@ def cmd_eval(args) -> int:
     rows = metric_rows(metrics, data_name, split, config.data.resolution, notes)
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    out = run.eval
     atomic_write_text(out / "metrics.json", metrics_json(result))
     n = min(config.eval.grid_images, len(dataset))
     picks = torch.linspace(0, len(dataset) - 1, n).long().tolist()
