@@ -252,3 +252,107 @@ def test_unwritable_places_are_named_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "model" / "eval").exists()
     assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "metrics.json").is_file() and not (tmp_path / "model" / "eval").exists()
+
+
+# ---------------------------------------------------------------- bad image files
+
+
+def _folder(tmp_path, n=16):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / f"img{i:03d}.png")
+    return root
+
+
+def _truncated_jpeg(path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 100, dtype=np.uint8)).save(buf, format="JPEG")
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def test_sixteen_bit_and_transparent_images_are_converted_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vaevq.data.transforms import load_rgb
+
+    ramp = (np.arange(256 * 4).reshape(4, 256) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "r16.png")
+    assert Image.open(tmp_path / "r16.png").mode.startswith("I")
+    got = np.asarray(load_rgb(tmp_path / "r16.png"))
+    np.testing.assert_array_equal(got[..., 0], np.round(ramp / 65535 * 255).astype(np.uint8))
+    assert (got[..., 0] == 255).mean() < 0.01  # not saturated (convert("RGB") clips 99% at 255)
+    rgba = np.zeros((1, 3, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 10, 10, 0)  # fully transparent: the white background
+    rgba[0, 1] = (200, 10, 10, 255)  # opaque: its colour
+    rgba[0, 2] = (0, 0, 0, 128)  # half: blended with white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = np.asarray(load_rgb(tmp_path / "a.png")).astype(int)
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [200, 10, 10]
+    assert all(abs(v - 127) <= 1 for v in out[0, 2])
+
+
+def test_data_check_names_every_bad_file_and_does_not_abort(tmp_path, capsys, monkeypatch):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    root = _folder(tmp_path)
+    _truncated_jpeg(root / "img030_truncated.jpg")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(root / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 64 x 64 > 2 x 2000: PIL's decompression bomb
+    os.symlink("loop.png", root / "loop.png")  # a link to itself
+    bad_name = os.fsencode(str(root)) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+    fd = os.open(bad_name, os.O_WRONLY | os.O_CREAT)
+    os.close(fd)  # an empty file: also not an image
+    code = main(["data", "check", "tiny", f"data.root={root}", "data.resolution=32"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Traceback" not in out
+    assert "img030_truncated.jpg" in out and "huge.png" in out
+    assert "loop.png" in out and "symbolic link loop" in out
+    assert "caf\\xe9.png" in out  # named, with its undecodable byte escaped
+    assert "4 problem(s)" in out
+
+
+def test_bad_files_are_left_out_before_training_recorded_and_resume_stays_exact(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("VAEVQ_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path, 24)
+    _truncated_jpeg(root / "img030_truncated.jpg")
+    out = tmp_path / "run"
+    args = ["train", "tiny", *TINY_FAST, f"data.root={root}", "data.resolution=32", "data.eval_fraction=0.2",
+            "train.batch_size=8"]
+    assert main([*args, "train.steps=3", "train.checkpoint_every=1", "--out", str(out)]) == 0
+    excluded = json.loads((out / "excluded.json").read_text())
+    assert list(excluded) == [str(root / "img030_truncated.jpg")] and "cannot read image" in excluded[str(
+        root / "img030_truncated.jpg")]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("data_problems") == 1 for r in log)
+    # the file is "repaired": a resumed run still leaves it out (the same data, the same batches)
+    import shutil
+
+    shutil.copy(root / "img000.png", root / "img030_truncated.jpg")
+    assert main(["train", str(out / "config.yaml"), "train.steps=4", "--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "excluded.json").read_text()) == excluded
+    # a file that breaks after the scan is replaced by the next image, named on stderr, never fatal
+    (root / "img005.png").write_bytes(b"not a png any more")
+    monkeypatch.setenv("VAEVQ_CACHE_DIR", str(tmp_path / "cache"))  # the cached verdict still says good
+    capsys.readouterr()
+    assert main([*args, "train.steps=4", "data.scan_images=false", "--out", str(tmp_path / "run2")]) == 0
+    err = capsys.readouterr().err
+    assert "img005.png" in err and "used the next image" in err
+    # data.on_error=stop: the bad files stop the run before it starts, by name
+    _one_line_error(capsys, [*args, "data.on_error=stop", "--out", str(tmp_path / "run3")], "img005.png",
+                    "data.on_error=stop")

@@ -136,7 +136,8 @@ class DataConfig:
     contrast_mode: str = "channels"  # channels (one contrast: grey x 3) | separate (each contrast a grey image)
     min_brain_fraction: float = 0.05  # axial slices with fewer brain pixels are skipped
     clip_percentiles: tuple[float, float] = (0.5, 99.5)  # of each volume's brain voxels, mapped to -1 and 1
-    on_error: str = "skip"  # a bad subject: skip it (listed and counted) | stop
+    on_error: str = "skip"  # a bad subject or image file: skip it (listed and counted) | stop
+    scan_images: bool = True  # image folders: decode every file once before training (verdicts cached)
     cache_dir: str | None = None  # prepared slices; None: $VAEVQ_CACHE_DIR or ~/.cache/vaevq, /slices
     brain_subjects: int = 10  # source brain: synthetic subjects made from the MNI152 template
     brain_eval: str = "colin27"  # source brain: colin27 (Debian mricron-data, when installed) | held-out

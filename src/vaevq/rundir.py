@@ -3,6 +3,7 @@
     RUN/config.yaml          the settings of the run (what `--resume` continues)
     RUN/log.jsonl            one JSON record per line (losses, evaluations, data problems)
     RUN/split.json           brain MRI: the subjects of each split (written once, reused)
+    RUN/excluded.json        image folders: the unreadable files left out at the start (reused)
     RUN/images/stepNNNNNNN.png   periodic reconstruction grids
     RUN/checkpoints/last.pt, best.pt   resume checkpoints
     RUN/model/               the final model (save_pretrained: config.yaml + model.safetensors)
@@ -55,6 +56,10 @@ class RunDir:
     @property
     def split(self) -> Path:
         return self.root / SPLIT
+
+    @property
+    def excluded(self) -> Path:
+        return self.root / "excluded.json"
 
     @property
     def images(self) -> Path:

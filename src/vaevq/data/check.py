@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from vaevq.config import Config
 from vaevq.data.brats import DataProblem, build_brain_datasets
 from vaevq.data.datasets import BuiltinPhotos, image_folder_splits
+from vaevq.data.transforms import ImageReadError, load_rgb, shown
 
 
 @dataclass
@@ -50,13 +49,11 @@ class DataReport:
 
 
 def _check_image(path: Path) -> str | None:
+    """None, or why the file cannot be used (decoded in full as training reads it)."""
     try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:  # verify() does not decode; load() does
-            img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return f"cannot read image: {err}"
+        load_rgb(path)
+    except ImageReadError as err:
+        return f"cannot read image: {err.reason}"
     return None
 
 
@@ -84,12 +81,13 @@ def check_data(config: Config, run_dir: str | Path | None = None, progress: bool
     from tqdm.auto import tqdm
 
 
-    train_files, eval_files = image_folder_splits(d.root, d.eval_fraction)
-    problems = []
+    links: list = []
+    train_files, eval_files = image_folder_splits(d.root, d.eval_fraction, links)
+    problems = [DataProblem(p.parent.name, shown(p), reason) for p, reason in links]
     for path in tqdm(train_files + eval_files, desc="images", disable=not progress, leave=False):
         message = _check_image(path)
         if message:
-            problems.append(DataProblem(path.parent.name, str(path), message))
+            problems.append(DataProblem(path.parent.name, shown(path), message))
     splits = [SplitReport("train", "images", len(train_files), len(train_files)),
               SplitReport("eval", "images", len(eval_files), len(eval_files))]
     return DataReport(splits, problems, [f"data.root {d.root}"], bool(problems) and stop)

@@ -8,6 +8,8 @@ resumes exactly, with any number of loader workers.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -17,8 +19,9 @@ from torch.utils.data import Dataset
 
 from vaevq.config import Config, ConfigError
 from vaevq.data.base import DescribedDataset
-from vaevq.data.brats import brain_eval_dataset, build_brain_datasets
-from vaevq.data.transforms import crop, list_images, load_rgb, resize_shorter_side, to_tensor
+from vaevq.data.brats import DataProblem, brain_eval_dataset, build_brain_datasets, default_cache_dir
+from vaevq.data.scan import read_excluded, scan_images
+from vaevq.data.transforms import crop, list_images, load_rgb, resize_shorter_side, shown, to_tensor
 
 # Real photographs that ship inside scikit-image (training) and scikit-learn (evaluation).
 BUILTIN_TRAIN = [
@@ -127,12 +130,14 @@ class ImageFolderDataset(_Augmenting):
     (or a random crop when ``random_crop``), optional horizontal flip."""
 
     def __init__(self, files: list[Path], resolution: int, random_crop: bool = False,
-                 random_flip: bool = False):
+                 random_flip: bool = False, on_error: str = "skip"):
         super().__init__(random_flip)
         self.files = files
         self.resolution = resolution
         self.random_crop = random_crop
-        self.names = [str(f) for f in files]
+        self.on_error = on_error
+        self.names = [shown(f) for f in files]
+        self.excluded: dict[str, str] | None = None  # files left out before training (RUN/excluded.json)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -140,19 +145,34 @@ class ImageFolderDataset(_Augmenting):
     def __getitem__(self, item) -> torch.Tensor:
         index, seed = _split_item(item)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        img: Image.Image = resize_shorter_side(load_rgb(self.files[index]), self.resolution)
+        for attempt in range(min(len(self.files), 16)):
+            # a file that fails now (changed since the scan) is replaced by the next one, the same
+            # on every run and resume; data.on_error=stop raises instead
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                img: Image.Image = resize_shorter_side(load_rgb(path), self.resolution)
+                break
+            except ValueError as err:
+                if self.on_error == "stop":
+                    raise
+                print(f"[vaevq] skipped: {err}; used the next image instead", file=sys.stderr)
+        else:
+            raise ValueError(f"{len(self.files)} image(s) from {shown(self.files[index])} on cannot be read")
         img = crop(img, self.resolution, gen if self.random_crop else None)
         return self._flip(to_tensor(img), gen)
 
 
 def _held_out(path: Path, root: Path, fraction: float) -> bool:
-    digest = hashlib.md5(str(path.relative_to(root)).encode()).hexdigest()
+    # the name's bytes (as UTF-8 for valid names: the same split as before; any bytes otherwise)
+    digest = hashlib.md5(os.fsencode(str(path.relative_to(root)))).hexdigest()
     return int(digest[:8], 16) / 2**32 < fraction
 
 
-def image_folder_splits(root: str | Path, eval_fraction: float) -> tuple[list[Path], list[Path]]:
+def image_folder_splits(root: str | Path, eval_fraction: float, problems: list | None = None,
+                        ) -> tuple[list[Path], list[Path]]:
     """(train files, eval files): root/train and root/val (or validation) when present,
-    otherwise a deterministic hash split of every image under root."""
+    otherwise a deterministic hash split of every image under root. Links that lead nowhere
+    (broken, loops) are appended to ``problems`` as (path, reason)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"data.root {root} does not exist or is not a folder")
@@ -160,9 +180,9 @@ def image_folder_splits(root: str | Path, eval_fraction: float) -> tuple[list[Pa
     eval_dir = next((root / n for n in ("val", "validation", "eval", "test") if (root / n).is_dir()),
                     None)
     if train_dir.is_dir() and eval_dir is not None:
-        train, held = list_images(train_dir), list_images(eval_dir)
+        train, held = list_images(train_dir, problems), list_images(eval_dir, problems)
     else:
-        files = list_images(root)
+        files = list_images(root, problems)
         held = [f for f in files if _held_out(f, root, eval_fraction)]
         train = [f for f in files if not _held_out(f, root, eval_fraction)]
         if files and not held:
@@ -189,9 +209,27 @@ def build_datasets(config: Config, run_dir: str | Path | None = None,
     if not d.root:
         raise ConfigError(f"{config.name}: data.root is not set; pass data.root=PATH "
                           "(a folder of images; ImageNet layout with train/ and val/ accepted)")
-    train, held = image_folder_splits(d.root, d.eval_fraction)
-    return (ImageFolderDataset(train, d.resolution, d.random_crop, d.random_flip),
-            ImageFolderDataset(held, d.resolution))
+    links: list = []
+    train, held = image_folder_splits(d.root, d.eval_fraction, links)
+    recorded = read_excluded(run_dir)
+    if recorded is not None:  # a resumed run leaves out exactly what it left out at its start
+        bad = {f: recorded[shown(f)] for f in train + held if shown(f) in recorded}
+    else:
+        bad = scan_images(train + held, default_cache_dir(), progress) if d.scan_images else {}
+    problems = [DataProblem(p.parent.name, shown(p), reason) for p, reason in links]
+    problems += [DataProblem(f.parent.name, shown(f), reason) for f, reason in bad.items()]
+    if problems and d.on_error == "stop":
+        raise ConfigError(f"{len(problems)} unusable file(s) under data.root {d.root} (first: {problems[0]}); "
+                          "data.on_error=stop (skip leaves them out)")
+    train = [f for f in train if f not in bad]
+    held = [f for f in held if f not in bad]
+    if not train or not held:
+        raise ConfigError(f"no readable {'training' if not train else 'evaluation'} images under {d.root} "
+                          f"({len(bad)} unreadable)")
+    train_set = ImageFolderDataset(train, d.resolution, d.random_crop, d.random_flip, d.on_error)
+    train_set.problems = problems
+    train_set.excluded = {shown(f): reason for f, reason in bad.items()}
+    return train_set, ImageFolderDataset(held, d.resolution, on_error=d.on_error)
 
 
 def build_token_dataset(config: Config, path: str | None = None) -> Dataset | None:

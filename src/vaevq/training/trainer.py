@@ -295,6 +295,10 @@ class Trainer(LoopTrainer):
         if split is not None and not self.run.split.is_file():
             keep = {k: v for k, v in split.items() if k != "new_subjects_ignored"}
             atomic_write_text(self.run.split, json.dumps(keep, indent=1) + "\n")
+        excluded = getattr(self.train_set, "excluded", None)
+        if excluded is not None and not self.run.excluded.is_file():
+            # image files left out at the start: a resume leaves out the same (exact batch order)
+            atomic_write_text(self.run.excluded, json.dumps(excluded, indent=1) + "\n")
         for note in self.train_set.notes:
             self.print(f"[vaevq] {note}")
         problems = self.train_set.problems + self.eval_set.problems
