@@ -356,3 +356,40 @@ def test_bad_files_are_left_out_before_training_recorded_and_resume_stays_exact(
     # data.on_error=stop: the bad files stop the run before it starts, by name
     _one_line_error(capsys, [*args, "data.on_error=stop", "--out", str(tmp_path / "run3")], "img005.png",
                     "data.on_error=stop")
+
+
+def test_broken_pretrained_folders_and_feature_files_are_one_line(tmp_path, capsys):
+    import pickle
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vaevq.models import VAEVQ
+
+    good = tmp_path / "good"
+    VAEVQ(load_config("tiny", TINY_FAST)).save_pretrained(good)
+    state = load_file(str(good / "model.safetensors"))
+    cases = {}
+    # a weight of another shape, a missing weight, a truncated header, a config of the wrong type
+    for name, change in (("shape", lambda s: {**s, "quant_conv.bias": torch.zeros(3)}),
+                         ("missing", lambda s: {k: v for k, v in s.items() if k != "decoder.conv_out.bias"})):
+        folder = tmp_path / name
+        VAEVQ(load_config("tiny", TINY_FAST)).save_pretrained(folder)
+        save_file(change(state), str(folder / "model.safetensors"))
+        cases[name] = folder
+    cases["truncated"] = tmp_path / "truncated"
+    VAEVQ(load_config("tiny", TINY_FAST)).save_pretrained(cases["truncated"])
+    (cases["truncated"] / "model.safetensors").write_bytes(b"\x40\x00\x00")
+    cases["yaml"] = tmp_path / "yaml"
+    VAEVQ(load_config("tiny", TINY_FAST)).save_pretrained(cases["yaml"])
+    (cases["yaml"] / "config.yaml").write_text("model: !!python/object/apply:os.system ['echo hi']\n")
+    needles = {"shape": ("quant_conv.bias", "shape (3,)"), "missing": ("decoder.conv_out.bias", "missing"),
+               "truncated": ("model.safetensors", "cannot read"), "yaml": ("config.yaml", "python/object")}
+    for name, folder in cases.items():
+        _one_line_error(capsys, ["eval", "--checkpoint", str(folder)], *needles[name])
+    # a pickle with code as LC features: refused, one line, nothing run
+    evil = tmp_path / "features.pt"
+    evil.write_bytes(pickle.dumps(print))  # any global: weights_only loading refuses it
+    err = _one_line_error(capsys, ["train", "tiny", *TINY_FAST, "model.quantizer=lc", f"model.lc_features={evil}",
+                                   "--out", str(tmp_path / "lc")], "model.lc_features", "refused")
+    assert "features.pt" in err

@@ -374,11 +374,18 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """One line of a YAML error: what went wrong and where."""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1} column {mark.column + 1}" if mark is not None else problem
+
+
 def _read_yaml(path: Path | Any, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+        raise ConfigError(f"{source}: not valid YAML ({yaml_error_line(err)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

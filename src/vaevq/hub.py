@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vaevq.config import yaml_error_line
 from vaevq.fileio import atomic_write
 from vaevq.rundir import CONFIG, WEIGHTS
 
@@ -46,6 +48,37 @@ def load_weights(directory: str | Path, map_location: str | torch.device = "cpu"
             raise ValueError(f"{path}: the weights hold non-finite values (first: {name}); the run that wrote "
                              "them diverged")
     return state
+
+
+def read_yaml(path: Path) -> dict:
+    """A pretrained folder's config.yaml as a mapping; a broken file is named."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a valid config ({yaml_error_line(err)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a valid config (the top level must be a mapping)")
+    return data
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """``model.load_state_dict(state)``; a mismatch (missing or unknown keys, another shape) is a
+    ValueError naming ``source`` and the first mismatching key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unknown = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unknown or shapes:
+        if shapes:
+            k = shapes[0]
+            first = f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}"
+        elif missing:
+            first = f"{missing[0]} is missing"
+        else:
+            first = f"{unknown[0]} is not a weight of this model"
+        raise ValueError(f"{source}: the weights do not fit the model of its config ({first}; "
+                         f"{len(missing)} missing, {len(unknown)} unknown, {len(shapes)} of another shape)")
+    model.load_state_dict(state)
 
 
 def require_files(directory: Path, names: tuple[str, ...] = (CONFIG, WEIGHTS), who: str = "save_pretrained",

@@ -33,8 +33,8 @@ from torch import nn
 
 from vaevq.config import Config, GeneratorConfig, load_config
 from vaevq.fileio import atomic_write_text
-from vaevq.hub import HubMixin, load_weights, require_files, resolve_folder, save_weights
-from vaevq.rundir import CONFIG
+from vaevq.hub import HubMixin, load_state, load_weights, read_yaml, require_files, resolve_folder, save_weights
+from vaevq.rundir import CONFIG, WEIGHTS
 
 
 @dataclass
@@ -254,7 +254,7 @@ class GPT(HubMixin, nn.Module):
         """A folder written by :meth:`save_pretrained`, or a Hugging Face Hub id ``org/name``."""
         directory = resolve_folder(name_or_path, revision, cache_dir, token, local_files_only)
         require_files(directory, who="GPT.save_pretrained")
-        settings = (yaml.safe_load((directory / CONFIG).read_text()) or {}).get("gpt")
+        settings = read_yaml(directory / CONFIG).get("gpt")
         if not isinstance(settings, dict):
             raise ValueError(f"{directory / CONFIG} has no gpt section")
         known = {f.name for f in dataclasses.fields(GPTConfig)}
@@ -263,7 +263,7 @@ class GPT(HubMixin, nn.Module):
             raise ValueError(f"{directory / CONFIG}: unknown gpt key(s) {', '.join(unknown)}")
         settings["grid"] = tuple(settings.get("grid", GPTConfig.grid))
         model = cls(GPTConfig(**settings))
-        model.load_state_dict(load_weights(directory, map_location))
+        load_state(model, load_weights(directory, map_location), directory / WEIGHTS)
         return model
 
     @staticmethod

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
@@ -42,9 +41,9 @@ from torch import nn
 from vaevq.config import Config, ConfigError, GeneratorConfig, config_from_dict, finalize, load_config
 from vaevq.fileio import atomic_write_text
 from vaevq.generation.gpt import latent_grid
-from vaevq.hub import HubMixin, load_weights, require_files, resolve_folder, save_weights
+from vaevq.hub import HubMixin, load_state, load_weights, read_yaml, require_files, resolve_folder, save_weights
 from vaevq.models import VAEVQ
-from vaevq.rundir import CONFIG
+from vaevq.rundir import CONFIG, WEIGHTS
 
 TOKENIZER_FOLDER = "tokenizer"  # save_pretrained: the frozen tokenizer beside the UNet
 
@@ -174,12 +173,11 @@ class LatentDiffusion(HubMixin, nn.Module):
         tokenizer is ``tokenizer`` when given, else the folder's ``tokenizer/``."""
         directory = resolve_folder(name_or_path, revision, cache_dir, token, local_files_only)
         require_files(directory, who="LatentDiffusion.save_pretrained")
-        config = finalize(config_from_dict(yaml.safe_load((directory / CONFIG).read_text()),
-                                           str(directory / CONFIG)))
+        config = finalize(config_from_dict(read_yaml(directory / CONFIG), str(directory / CONFIG)))
         if tokenizer is None and (directory / TOKENIZER_FOLDER).is_dir():
             tokenizer = VAEVQ.from_pretrained(directory / TOKENIZER_FOLDER, map_location)
         model = cls(config, tokenizer)
-        model.load_state_dict(load_weights(directory, map_location))
+        load_state(model, load_weights(directory, map_location), directory / WEIGHTS)
         return model
 
     # ------------------------------------------------------------------ latents

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from vaevq.config import Config, ConfigError, GeneratorConfig
 from vaevq.generation.gpt import GPT, gpt_config, latent_grid
 from vaevq.generation.lazy import ldm_module
+from vaevq.hub import load_state
 from vaevq.models import VAEVQ
-from vaevq.training.checkpoint import config_of, load_checkpoint, load_model, resolve_checkpoint
+from vaevq.training.checkpoint import check_finite, config_of, load_checkpoint, load_model, resolve_checkpoint
 
 
 def load_tokenizer(config: Config, map_location: str = "cpu") -> VAEVQ:
@@ -69,7 +70,9 @@ def load_generator(path: str | Path, which: str = "last", map_location: str = "c
                          "run such as one of `vaevq train gpt-tiny generator.tokenizer=RUN ...` or ldm-tiny")
     tokenizer = load_tokenizer(config, map_location)
     model = build_generator(config, tokenizer)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    check_finite(weights, file)
+    load_state(model, weights, file)
     return GeneratorRun(model.eval(), tokenizer, config, int(state["step"]))
 
 

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from vaevq.config import Config, ConfigError, ModelConfig, config_from_dict, finalize, load_config, register_check
 from vaevq.fileio import atomic_write_text
-from vaevq.hub import HubMixin, load_weights, require_files, resolve_folder, save_weights
+from vaevq.hub import HubMixin, load_state, load_weights, read_yaml, require_files, resolve_folder, save_weights
 from vaevq.losses.objective import active_terms, check_weights, tokenizer_losses
 from vaevq.models.vqgan import Decoder, Encoder
 from vaevq.quantizers import QUANTIZERS, build_quantizer, quantizer_spec
@@ -103,10 +102,9 @@ class VAEVQ(HubMixin, nn.Module):
         """A folder written by :meth:`save_pretrained`, or a Hugging Face Hub id ``org/name``."""
         directory = resolve_folder(name_or_path, revision, cache_dir, token, local_files_only)
         require_files(directory, who="VAEVQ.save_pretrained")
-        config = finalize(config_from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()),
-                                           str(directory / CONFIG_FILE)))
+        config = finalize(config_from_dict(read_yaml(directory / CONFIG_FILE), str(directory / CONFIG_FILE)))
         model = cls(config)
-        model.load_state_dict(load_weights(directory, map_location))
+        load_state(model, load_weights(directory, map_location), directory / WEIGHTS_FILE)
         return model
 
     # ------------------------------------------------------------------ pieces

@@ -17,6 +17,7 @@ The paper's VQGAN-LC used CLIP features; this is a substitute that runs offline.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -80,10 +81,15 @@ def load_feature_file(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.lc_features: feature file {path} does not exist")
-    if path.suffix == ".npy":
-        array = torch.from_numpy(np.load(path))
-    else:
-        array = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".npy":
+            array = torch.from_numpy(np.load(path))  # allow_pickle=False: no code runs
+        else:
+            array = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, ValueError, RuntimeError, OSError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model.lc_features: {path} is not a tensor or .npy array of features (refused, "
+                         f"nothing in it was run): {first}") from None
     if not isinstance(array, torch.Tensor) or array.dim() != 2:
         raise ValueError(f"{path}: expected an (N, F) array of features, got "
                          f"{tuple(array.shape) if isinstance(array, torch.Tensor) else type(array).__name__}")

@@ -9,6 +9,7 @@ import torch
 
 from vaevq.config import Config, config_from_dict, finalize
 from vaevq.fileio import atomic_write
+from vaevq.hub import load_state
 from vaevq.models import VAEVQ
 from vaevq.rundir import BEST, LAST, WEIGHTS, RunDir
 
@@ -75,7 +76,7 @@ def load_model(path: str | Path, which: str = "last", map_location: str = "cpu")
     model = VAEVQ(config_of(state, str(file)))
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     check_finite(weights, file)
-    model.load_state_dict(weights)
+    load_state(model, weights, file)
     return model.eval()
 
 

@@ -360,8 +360,13 @@ class Trainer(LoopTrainer):
             with sync:
                 with torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16,
                                     enabled=self.autocast):
-                    out = self.ddp(xi, noise=ni)
-                    terms = self.objective.generator_losses(xi, out, self.model.decoder.last_layer, self.step)
+                    try:
+                        out = self.ddp(xi, noise=ni)
+                        terms = self.objective.generator_losses(xi, out, self.model.decoder.last_layer, self.step)
+                    except torch.linalg.LinAlgError as err:  # DCR's eigh on non-finite latents
+                        raise FloatingPointError(f"step {self.step + 1}: the latents went non-finite "
+                                                 f"({str(err).splitlines()[0]}); stopped before the update; "
+                                                 f"{self._last_saved()}; lower train.lr") from None
                 losses = {k: float(v.detach()) for k, v in terms.items()}
                 self._check_finite(losses)
                 (terms["total"] / len(chunks)).backward()
