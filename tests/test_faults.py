@@ -393,3 +393,17 @@ def test_broken_pretrained_folders_and_feature_files_are_one_line(tmp_path, caps
     err = _one_line_error(capsys, ["train", "tiny", *TINY_FAST, "model.quantizer=lc", f"model.lc_features={evil}",
                                    "--out", str(tmp_path / "lc")], "model.lc_features", "refused")
     assert "features.pt" in err
+
+
+def test_a_diverging_run_stops_in_one_line_and_leaves_only_finite_checkpoints(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    args = ["train", "tiny", *TINY_FAST, "train.steps=6", "train.lr=1e3", "train.checkpoint_every=1",
+            "train.schedule=constant", "--out", str(out)]
+    err = _one_line_error(capsys, args, "non-finite")
+    assert "step" in err and "lower train.lr" in err
+    last = out / "checkpoints" / "last.pt"
+    if last.is_file():  # whatever was written holds finite weights
+        state = torch.load(last, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
