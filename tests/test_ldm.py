@@ -2,6 +2,7 @@
 classifier-free guidance against hand-written updates, decoding through the nearest code
 (brute force), training through the shared loop (loss, resume, 2 processes), the CLI."""
 
+import copy
 import json
 
 import numpy as np
@@ -141,6 +142,9 @@ def test_decoding_a_latent_is_the_tokenizer_decoding_its_nearest_codes():
                      generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 32, 32) and out.abs().max() <= 1
     assert not any(k.startswith("tokenizer") for k in ldm.state_dict())  # frozen, saved on its own
+    twin = copy.deepcopy(ldm)  # the weight EMA's copy shares the tokenizer, copies the UNet
+    assert twin.tokenizer is tok and twin.unet is not ldm.unet
+    assert torch.equal(twin.unet.conv_in.weight, ldm.unet.conv_in.weight)
 
 
 def test_items_draw_from_their_own_seed():

@@ -29,6 +29,7 @@ This module imports diffusers (several seconds); the rest of vaevq reaches it th
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -124,6 +125,15 @@ class LatentDiffusion(HubMixin, nn.Module):
             raise ValueError(f"the tokenizer's latent has {m.latent_dim} channels; this model diffuses "
                              f"{self.channels}")
         self._tokenizer[0] = tokenizer.eval().requires_grad_(False)
+
+    def __deepcopy__(self, memo):
+        """A copy (the weight EMA makes one) shares the frozen tokenizer instead of duplicating it."""
+        if self._tokenizer[0] is not None:
+            memo.setdefault(id(self._tokenizer[0]), self._tokenizer[0])
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
