@@ -190,7 +190,8 @@ def generation_table(rows: list[dict[str, Any]]) -> str:
                 f"(with flips), same steps and seed; {first['samples']} samples at {first['resolution']}x"
                 f"{first['resolution']} per run (classes in turn), DDIM {s['num_steps']} steps, eta {s['eta']:g}, "
                 f"cfg {s['cfg_scale']:g}, decoded through the nearest codes; reference: {first['reference']}. "
-                "val. loss: epsilon MSE of held-out latents at 8 fixed timesteps (not comparable across "
+                "val. loss: denoising loss (the preset's epsilon or v target) of held-out latents at 8 fixed "
+                "timesteps (not comparable across "
                 "tokenizers: different latents).")
     else:
         what = (f"Generator trained on each tokenizer's codes of the training split (with flips), same steps and "
