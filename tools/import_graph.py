@@ -15,7 +15,7 @@ from pathlib import Path
 
 # bottom up; a module's layer is the first entry that is a prefix of its dotted name
 LAYERS: list[tuple[str, ...]] = [
-    ("vaevq.config", "vaevq.fileio", "vaevq.weights", "vaevq.rundir"),
+    ("vaevq.config", "vaevq.fileio", "vaevq.weights", "vaevq.rundir", "vaevq.hub"),
     ("vaevq.distributed",),
     ("vaevq.losses", "vaevq.quantizers", "vaevq.models", "vaevq.metrics", "vaevq.features",
      "vaevq.perceptual"),
