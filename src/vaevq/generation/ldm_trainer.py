@@ -169,22 +169,12 @@ class LDMTrainer(GeneratorTrainer):
                 self._check_finite({"mse": value})
                 (loss / len(chunks)).backward()
             total += value / len(chunks)
-        grad_norm = None
-        if self.config.train.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        out = {"mse": total}
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
-        return out
+        return self._optimizer_step({"mse": total})
 
     @torch.no_grad()
     def validation_loss(self, model: LatentDiffusion | None = None) -> dict[str, float]:
-        """The epsilon MSE of the held-out latents at ``VAL_TIMESTEPS`` evenly spread timesteps each,
-        with noise fixed per (image, timestep); every rank a share of the images."""
+        """The denoising loss (epsilon or v target) of the held-out latents at ``VAL_TIMESTEPS``
+        evenly spread timesteps each, with noise fixed per (image, timestep); every rank a share."""
         model = model or self.eval_model()
         was_training = model.training
         model.eval()

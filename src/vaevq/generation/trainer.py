@@ -203,6 +203,18 @@ class GeneratorTrainer(LoopTrainer):
         for note in getattr(self.train_images, "notes", []):
             self.print(f"[vaevq] {note}")
 
+    def _optimizer_step(self, out: dict[str, float]) -> dict[str, float]:
+        """After the backward passes: clip (``train.grad_clip``), step, schedule, EMA; ``out`` gains
+        the gradient norm when clipped."""
+        if self.config.train.grad_clip > 0:
+            out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                     self.config.train.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return out
+
     def save_images(self) -> None:
         """A grid of samples (a row per class) with the run's sampling settings, seeded."""
         if not self.dist.is_main:
@@ -278,17 +290,7 @@ class GPTTrainer(GeneratorTrainer):
                 self._check_finite({"ce": value})
                 (loss / len(chunks)).backward()
             total += value / len(chunks)
-        grad_norm = None
-        if self.config.train.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        out = {"ce": total}
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
-        return out
+        return self._optimizer_step({"ce": total})
 
     @torch.no_grad()
     def validation_loss(self, model: GPT | None = None) -> dict[str, float]:
