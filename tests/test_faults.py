@@ -407,3 +407,29 @@ def test_a_diverging_run_stops_in_one_line_and_leaves_only_finite_checkpoints(tm
     if last.is_file():  # whatever was written holds finite weights
         state = torch.load(last, weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_warm_image_scan_decodes_once_for_every_process_of_a_machine(tmp_path, monkeypatch):
+    """Under torchrun the node's first process scans (warm_image_scan) and the others, after the
+    barrier, only read its cached verdicts: counted here by the decodes build_datasets does."""
+    from vaevq.config import load_config
+    from vaevq.data import build_datasets, warm_image_scan
+    from vaevq.data import scan as scan_module
+
+    monkeypatch.setenv("VAEVQ_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path, 12)
+    _truncated_jpeg(root / "img030_truncated.jpg")
+    config = load_config("tiny", [f"data.root={root}", "data.resolution=32", "data.eval_fraction=0.25"])
+    decoded = []
+    real = scan_module.load_rgb
+    monkeypatch.setattr(scan_module, "load_rgb", lambda p: (decoded.append(p), real(p))[1])
+    warm_image_scan(config, tmp_path / "run")
+    assert len(decoded) == 13  # every file once, the bad one included
+    decoded.clear()
+    train, held = build_datasets(config, tmp_path / "run")  # another rank after the barrier
+    assert decoded == [] and len(train) + len(held) == 12
+    assert list(train.excluded) == [str(root / "img030_truncated.jpg")]
+    # other sources, or the scan switched off: nothing decoded
+    warm_image_scan(load_config("tiny"))
+    warm_image_scan(load_config("tiny", [f"data.root={root}", "data.scan_images=false"]))
+    assert decoded == []

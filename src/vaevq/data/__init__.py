@@ -7,8 +7,9 @@ from vaevq.data.datasets import (
     build_eval_dataset,
     build_token_dataset,
     image_folder_splits,
+    warm_image_scan,
 )
 from vaevq.data.sampler import StepBatchSampler
 
 __all__ = ["BuiltinPhotos", "ImageFolderDataset", "StepBatchSampler", "build_datasets",
-           "build_eval_dataset", "build_token_dataset", "image_folder_splits"]
+           "build_eval_dataset", "build_token_dataset", "image_folder_splits", "warm_image_scan"]

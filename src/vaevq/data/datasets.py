@@ -232,6 +232,20 @@ def build_datasets(config: Config, run_dir: str | Path | None = None,
     return train_set, ImageFolderDataset(held, d.resolution, on_error=d.on_error)
 
 
+def warm_image_scan(config: Config, run_dir: str | Path | None = None, progress: bool = False) -> None:
+    """Many processes: the node's first process decodes an image folder's files once (verdicts go
+    to the shared cache) before the others read them; the caller puts a barrier after this. Nothing
+    to do for other sources, with ``data.scan_images`` off, or when the run already recorded what
+    it left out (a resumed run)."""
+    d = config.data
+    if d.is_brain or d.source == "builtin" or not d.root or not d.scan_images:
+        return
+    if read_excluded(run_dir) is not None:
+        return
+    train, held = image_folder_splits(d.root, d.eval_fraction, [])
+    scan_images(train + held, default_cache_dir(), progress)
+
+
 def build_token_dataset(config: Config, path: str | None = None) -> Dataset | None:
     """Where the evaluation counts its token statistics when that is not the image split itself:
     for the built-in held-out photos (``path`` None or built-in), the same photos tiled at the

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from vaevq.config import Config
-from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset
+from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset, warm_image_scan
 from vaevq.data.brats import warm_brain_cache
 from vaevq.distributed import DistInfo, all_reduce_mean_, barrier, broadcast, init_distributed
 from vaevq.fileio import atomic_write_text
@@ -147,6 +147,8 @@ class Trainer(LoopTrainer):
         resuming = resume and self.run.has_checkpoint()
         if self.dist.enabled:  # brain MRI: every rank prepares its share of the slice cache first
             warm_brain_cache(config, self.dist.rank, self.dist.world_size, self.dist.local_rank == 0)
+            if self.dist.local_rank == 0:  # image folders: one scan per machine, the others read its verdicts
+                warm_image_scan(config, self.run_dir, progress=t.progress)
             barrier()
         self.train_set, self.eval_set = build_datasets(config, self.run_dir,
                                                        progress=self.dist.is_main and t.progress)
