@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 from PIL import Image
+from two_processes import one_and_two_processes
 
 from vaevq.cli.main import main
 from vaevq.config import ConfigError, load_config
@@ -209,48 +210,16 @@ def test_npz_reference_statistics_are_used_exactly(tmp_path):
     assert isinstance(Reference("x"), Reference)
 
 
-def _gpt_worker(rank, world, port, config_args, run_dir, out):
-    import os
-
-    from vaevq.distributed import shutdown
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    try:
-        trainer = GPTTrainer(load_config("gpt-tiny", config_args), run_dir, device="cpu")
-        metrics = trainer.train()
-        torch.save({"params": trainer.model.state_dict(), "metrics": metrics}, f"{out}/rank{rank}.pt")
-    finally:
-        shutdown()
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tokenizer_dir, tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # no dropout: its masks are drawn per rank, so only then is the step a function of the global batch
     common = [f"generator.tokenizer={tokenizer_dir}", f"generator.cache_dir={codes_dir(tmp_path)}", *GPT_FAST,
               "train.steps=2", "generator.token_dropout=0", "generator.resid_dropout=0",
               "generator.class_dropout=0"]
-    single = GPTTrainer(load_config("gpt-tiny", common), tmp_path / "one")
-    one = single.train()
-    out = tmp_path / "two"
-    out.mkdir()
-    mp.spawn(_gpt_worker, args=(2, port, [*common, "train.batch_size=8"], str(tmp_path / "run2"), str(out)),
-             nprocs=2)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    for k, v in single.model.state_dict().items():
-        assert torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]), k  # identical on both ranks
-        torch.testing.assert_close(ranks[0]["params"][k], v, rtol=0, atol=2e-5)
+    one, two = one_and_two_processes(GPTTrainer, "gpt-tiny", common, tmp_path)
     # the held-out loss is computed over both ranks' shards: the same number
-    assert ranks[0]["metrics"]["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
-    assert ranks[0]["metrics"]["val_tokens"] == one["val_tokens"]
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    assert two["val_tokens"] == one["val_tokens"]
 
 
 def test_compare_skips_runs_recorded_before_new_config_keys():

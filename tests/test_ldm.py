@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from two_processes import one_and_two_processes
 
 from vaevq.cli.main import main
 from vaevq.config import load_config
@@ -334,46 +335,14 @@ def test_hub_layout_loads_offline_and_push_uploads_save_pretrained(tokenizer_dir
         VAEVQ.from_pretrained(tmp_path / "no" / "such" / "folder")
 
 
-def _ldm_worker(rank, world, port, config_args, run_dir, out):
-    import os
-
-    from vaevq.distributed import shutdown
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    try:
-        trainer = LDMTrainer(load_config("ldm-tiny", config_args), run_dir, device="cpu")
-        metrics = trainer.train()
-        torch.save({"params": trainer.model.state_dict(), "metrics": metrics}, f"{out}/rank{rank}.pt")
-    finally:
-        shutdown()
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tokenizer_dir, tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # every item's timestep, noise and class drop come from its own seed: no dropout to switch off
     common = [f"generator.tokenizer={tokenizer_dir}",
               f"generator.cache_dir={CACHE.setdefault('dir', str(tmp_path.parent / 'latents-shared'))}",
               *LDM_FAST, "train.steps=2"]
-    single = LDMTrainer(load_config("ldm-tiny", common), tmp_path / "one")
-    one = single.train()
-    out = tmp_path / "two"
-    out.mkdir()
-    mp.spawn(_ldm_worker, args=(2, port, [*common, "train.batch_size=8"], str(tmp_path / "run2"), str(out)),
-             nprocs=2)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    for k, v in single.model.state_dict().items():
-        assert torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]), k
-        torch.testing.assert_close(ranks[0]["params"][k], v, rtol=0, atol=2e-5)
-    assert ranks[0]["metrics"]["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    one, two = one_and_two_processes(LDMTrainer, "ldm-tiny", common, tmp_path)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
 
 
 @pytest.mark.slow
