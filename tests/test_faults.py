@@ -136,9 +136,10 @@ def test_resume_with_another_learning_rate_is_refused_by_name():
 
     saved = load_config("tiny").to_dict()
     assert setting_differences(saved, load_config("tiny", ["train.steps=900"])) == []  # more steps: fine
-    assert setting_differences(saved, load_config("tiny", ["train.lr=1e-3"])) == []  # tiny's own value
-    assert setting_differences(saved, load_config("tiny", ["train.lr=2e-3", "train.weight_decay=0.1"])) == [
-        "train.lr: 0.001 -> 0.002", "train.weight_decay: 0.0 -> 0.1"]
+    own = saved["train"]["lr"]
+    assert setting_differences(saved, load_config("tiny", [f"train.lr={own}"])) == []  # tiny's own value
+    assert setting_differences(saved, load_config("tiny", [f"train.lr={own * 4}", "train.weight_decay=0.1"])) == [
+        f"train.lr: {own} -> {own * 4}", "train.weight_decay: 0.0 -> 0.1"]
 
 
 def test_the_run_lock_refuses_a_second_writer_and_replaces_a_stale_one(tmp_path):
