@@ -434,3 +434,8 @@ def test_warm_image_scan_decodes_once_for_every_process_of_a_machine(tmp_path, m
     warm_image_scan(load_config("tiny"))
     warm_image_scan(load_config("tiny", [f"data.root={root}", "data.scan_images=false"]))
     assert decoded == []
+    # a missing folder: no error on the scanning rank alone (every rank's build_datasets names it)
+    missing = load_config("tiny", [f"data.root={tmp_path / 'nowhere'}"])
+    warm_image_scan(missing)
+    with pytest.raises(ConfigError):
+        build_datasets(missing, tmp_path / "run3")

@@ -242,7 +242,10 @@ def warm_image_scan(config: Config, run_dir: str | Path | None = None, progress:
         return
     if read_excluded(run_dir) is not None:
         return
-    train, held = image_folder_splits(d.root, d.eval_fraction, [])
+    try:
+        train, held = image_folder_splits(d.root, d.eval_fraction, [])
+    except (ConfigError, OSError):
+        return  # build_datasets raises it on every rank after the barrier (no rank left waiting)
     scan_images(train + held, default_cache_dir(), progress)
 
 
