@@ -19,9 +19,16 @@ from torch.utils.data import Dataset
 
 from vaevq.config import Config, ConfigError
 from vaevq.data.base import DescribedDataset
-from vaevq.data.brats import DataProblem, brain_eval_dataset, build_brain_datasets, default_cache_dir
+from vaevq.data.brats import (
+    DataProblem,
+    brain_eval_dataset,
+    build_brain_datasets,
+    default_cache_dir,
+    warm_brain_cache,
+)
 from vaevq.data.scan import read_excluded, scan_images
 from vaevq.data.transforms import crop, list_images, load_rgb, resize_shorter_side, shown, to_tensor
+from vaevq.distributed import barrier
 
 # Real photographs that ship inside scikit-image (training) and scikit-learn (evaluation).
 BUILTIN_TRAIN = [
@@ -247,6 +254,17 @@ def warm_image_scan(config: Config, run_dir: str | Path | None = None, progress:
     except (ConfigError, OSError):
         return  # build_datasets raises it on every rank after the barrier (no rank left waiting)
     scan_images(train + held, default_cache_dir(), progress)
+
+
+def warm_data_caches(config: Config, rank: int, world: int, local_main: bool,
+                     run_dir: str | Path | None = None, progress: bool = False) -> None:
+    """Many processes, before any of them builds its datasets (every trainer calls this): the brain
+    slice cache prepared in parallel, an image folder scanned once per machine by its first process;
+    ends in a barrier, after which every rank's build_datasets reads the caches."""
+    warm_brain_cache(config, rank, world, local_main)
+    if local_main:
+        warm_image_scan(config, run_dir, progress)
+    barrier()
 
 
 def build_token_dataset(config: Config, path: str | None = None) -> Dataset | None:

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from vaevq.config import Config, ConfigError
-from vaevq.data import StepBatchSampler, build_datasets
+from vaevq.data import StepBatchSampler, build_datasets, warm_data_caches
 from vaevq.data.brats import default_cache_dir
 from vaevq.distributed import all_reduce_sum, barrier, init_distributed
 from vaevq.generation.codes import extract_codes
@@ -124,6 +124,9 @@ class GeneratorTrainer(LoopTrainer):
 
         # 2. the data (codes or latents of the training split, the held-out split) and the labels
         split_from = tokenizer_split_dir(config) or self.run_dir
+        if self.dist.enabled:  # the data caches (brain slices, image verdicts) prepared once, in parallel
+            warm_data_caches(config, self.dist.rank, self.dist.world_size, self.dist.local_rank == 0,
+                             split_from, progress=t.progress)
         self.train_images, self.eval_images = build_datasets(config, split_from,
                                                              progress=self.dist.is_main and t.progress)
         self._prepare_data()

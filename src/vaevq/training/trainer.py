@@ -20,9 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from vaevq.config import Config
-from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset, warm_image_scan
-from vaevq.data.brats import warm_brain_cache
-from vaevq.distributed import DistInfo, all_reduce_mean_, barrier, broadcast, init_distributed
+from vaevq.data import StepBatchSampler, build_datasets, build_token_dataset, warm_data_caches
+from vaevq.distributed import DistInfo, all_reduce_mean_, broadcast, init_distributed
 from vaevq.fileio import atomic_write_text
 from vaevq.losses import Objective, gaussian_moments, latent_rows
 from vaevq.models import VAEVQ
@@ -145,11 +144,9 @@ class Trainer(LoopTrainer):
         self.dist: DistInfo = init_distributed(device)
         t = config.train
         resuming = resume and self.run.has_checkpoint()
-        if self.dist.enabled:  # brain MRI: every rank prepares its share of the slice cache first
-            warm_brain_cache(config, self.dist.rank, self.dist.world_size, self.dist.local_rank == 0)
-            if self.dist.local_rank == 0:  # image folders: one scan per machine, the others read its verdicts
-                warm_image_scan(config, self.run_dir, progress=t.progress)
-            barrier()
+        if self.dist.enabled:  # the data caches (brain slices, image verdicts) prepared once, in parallel
+            warm_data_caches(config, self.dist.rank, self.dist.world_size, self.dist.local_rank == 0,
+                             self.run_dir, progress=t.progress)
         self.train_set, self.eval_set = build_datasets(config, self.run_dir,
                                                        progress=self.dist.is_main and t.progress)
         # denser tiles for the token statistics (or None: the evaluated images' own tokens)
